@@ -1,0 +1,362 @@
+"""
+Options, configuration files and environment variables, resolved into one :class:`Config`.
+
+Both front ends (``fws_server`` and ``twistd fws``) parse their arguments with
+the one parser built here, so they accept exactly the same options.  The
+precedence is: command line, then ``FWS_*`` environment variables, then the
+JSON config file, then the defaults.  Every problem is a :class:`ConfigError`
+whose message is one line, fit for ``prog: error: ...`` on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from fws.pipeline import modern_name
+
+DEFAULT_PORT = 9000
+DEFAULT_FILTERS = ("fws.filters.broadcast_messages", "fws.filters.stdout_messages")
+DEFAULT_STORAGE = "fws.storage_objects.memory"
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+#: The environment variable the 2014 project used to pick its storage object.
+STORAGE_ENV = "STORAGE_OBJECT_MODULE"
+
+
+class ConfigError(Exception):
+    """A bad option, file or value; ``str(e)`` is one line for stderr."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """
+    One option, described once for the parser, the config file and the environment.
+
+    :param name: Canonical name: the config-file key and the ``Config`` field
+        (``log_level``); ``--log-level`` and ``--log_level`` both work.
+    :param flags: Extra spellings, e.g. the seed's ``-p`` or ``-key``.
+    :param kind: ``str``, ``int``, ``float``, ``list`` (repeatable / comma
+        separated), or ``flag`` (a switch, listed under ``flags`` in a config file).
+    """
+
+    name: str
+    help: str
+    kind: str = "str"
+    default: Any = None
+    flags: tuple[str, ...] = ()
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    env: str | None = None
+
+    @property
+    def env_var(self) -> str:
+        return self.env or "FWS_" + self.name.upper()
+
+    @property
+    def option_strings(self) -> list[str]:
+        dashed = "--" + self.name.replace("_", "-")
+        under = "--" + self.name
+        strings = list(self.flags)
+        for s in (dashed, under):
+            if s not in strings:
+                strings.append(s)
+        return strings
+
+
+CORE_OPTIONS: tuple[Option, ...] = (
+    Option("port", "TCP port to listen on (a shorthand for --listen tcp:PORT); "
+           f"default {DEFAULT_PORT} when no --listen is given", "int", None, ("-p",), "PORT"),
+    Option("interface", "interface the --port listener binds (default: all)", "str", "",
+           ("-i",), "ADDR"),
+    Option("listen", "Twisted endpoint to listen on, repeatable: tcp:9000:interface=127.0.0.1, "
+           "ssl:9443:privateKey=key.pem:certKey=cert.pem, unix:/run/fws.sock, "
+           "systemd:domain=INET:index=0", "list", (), (), "ENDPOINT"),
+    Option("filters", "filter modules, in pipeline order (names after -f, or comma separated); "
+           f"default {' '.join(DEFAULT_FILTERS)}", "list", None, ("-f",), "MODULE"),
+    Option("config", "JSON config file (long option names as keys)", "str", None, ("-c",),
+           "FILE"),
+    Option("key", "TLS private key (PEM) for the --port listener: serves wss://", "str", None,
+           ("-key", "--keyfile"), "FILE"),
+    Option("cert", "TLS certificate chain (PEM) for the --port listener", "str", None,
+           ("-cert", "--certfile"), "FILE"),
+    Option("storage", "storage object module (default "
+           f"{DEFAULT_STORAGE}; also ${STORAGE_ENV})", "str", None, ("--storage-object-module",),
+           "MODULE"),
+    Option("log_level", "least severe log level shown", "str", "info", (), "LEVEL", LOG_LEVELS),
+    Option("debug", "same as --log-level debug", "flag", False),
+    Option("stop_timeout", "seconds to wait for clients to close on SIGTERM before dropping them",
+           "float", 5.0, (), "SECONDS"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The fully resolved configuration handed to :func:`fws.service.make_service`."""
+
+    filters: tuple[str, ...] = DEFAULT_FILTERS
+    listen: tuple[str, ...] = (f"tcp:{DEFAULT_PORT}",)
+    storage: str = DEFAULT_STORAGE
+    log_level: str = "info"
+    stop_timeout: float = 5.0
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def _prescan(argv: Sequence[str], name: str) -> str | None:
+    """The last value given for option ``name`` in ``argv``, before full parsing."""
+    strings = [s for o in CORE_OPTIONS if o.name == name for s in o.option_strings]
+    found = None
+    for i, arg in enumerate(argv):
+        head, eq, value = arg.partition("=")
+        if head in strings:
+            found = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+    return found
+
+
+def load_storage_module(name: str) -> Any:
+    """Import a storage module by (possibly legacy) name, with one-line errors."""
+    target = modern_name(name)
+    try:
+        module = importlib.import_module(target)
+    except ImportError as e:
+        raise ConfigError(f"storage module {name!r} is not available: {e}") from e
+    if not callable(getattr(module, "make_storage_object", None)):
+        raise ConfigError(f"storage module {name!r} has no make_storage_object()")
+    return module
+
+
+def build_parser(prog: str, extra: Sequence[Option] = (), add_help: bool = True) -> _Parser:
+    """The argument parser shared by both front ends."""
+    parser = _Parser(
+        prog=prog,
+        add_help=add_help,
+        allow_abbrev=False,
+        description="fws: a WebSocket server whose behaviour is a pipeline of filter modules.",
+        epilog="Every long option may also be set as FWS_<NAME> in the environment or as a key "
+        "in the -c JSON file; the command line wins over both.",
+    )
+    for opt in (*CORE_OPTIONS, *extra):
+        kwargs: dict[str, Any] = {"dest": opt.name, "default": argparse.SUPPRESS, "help": opt.help}
+        if opt.kind == "flag":
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["metavar"] = opt.metavar or opt.name.upper()
+            if opt.kind == "list":
+                kwargs["action"] = "extend"
+                kwargs["nargs"] = "+"
+            if opt.choices:
+                kwargs["choices"] = opt.choices
+        parser.add_argument(*opt.option_strings, **kwargs)
+    return parser
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """
+    Read a JSON config file in which lines starting with ``#`` are comments.
+
+    Comment lines are blanked rather than removed, so JSON error positions
+    still point at the right line.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from e
+    lines = ["" if line.lstrip().startswith("#") else line for line in text.splitlines()]
+    try:
+        data = json.loads("\n".join(lines))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {path}: invalid JSON: {e.msg} at line {e.lineno}, "
+                          f"column {e.colno}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a JSON object at the top level")
+    return data
+
+
+def _split_list(values: Any, what: str) -> tuple[str, ...]:
+    if isinstance(values, str):
+        values = [values]
+    if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) for v in values):
+        raise ConfigError(f"{what} must be a list of strings")
+    out: list[str] = []
+    for value in values:
+        out.extend(part for part in (p.strip() for p in value.split(",")) if part)
+    return tuple(out)
+
+
+def _coerce(opt: Option, value: Any, source: str) -> Any:
+    what = f"{opt.name} ({source})"
+    if opt.kind == "list":
+        if opt.name == "listen":
+            # endpoint strings may hold commas (in paths); only the environment splits, on spaces
+            if isinstance(value, str):
+                value = value.split() if source.startswith("$") else [value]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{what} must be a list of endpoint strings")
+            return tuple(v.strip() for v in value if v.strip())
+        return _split_list(value, what)
+    if opt.kind == "flag":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{what} must be true or false, not {value!r}")
+    if opt.kind == "int":
+        if isinstance(value, bool):
+            raise ConfigError(f"{what} must be an integer, not {value!r}")
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ConfigError(f"{what} must be an integer, not {value!r}") from None
+    if opt.kind == "float":
+        try:
+            return float(str(value).strip())
+        except ValueError:
+            raise ConfigError(f"{what} must be a number, not {value!r}") from None
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise ConfigError(f"{what} must be a string, not {value!r}")
+    value = str(value)
+    if opt.choices and value not in opt.choices:
+        raise ConfigError(f"{what} must be one of {', '.join(opt.choices)}, not {value!r}")
+    return value
+
+
+def _file_values(data: Mapping[str, Any], options: Sequence[Option], path: str) -> dict[str, Any]:
+    by_key = {}
+    for opt in options:
+        by_key[opt.name] = opt
+        by_key[opt.name.replace("_", "-")] = opt
+        for flag in opt.flags:
+            if flag.startswith("--"):
+                by_key[flag[2:]] = opt
+                by_key[flag[2:].replace("-", "_")] = opt
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "flags":
+            for flag in _split_list(value, f"flags in {path}"):
+                opt = by_key.get(flag.lstrip("-"))
+                if opt is None or opt.kind != "flag":
+                    raise ConfigError(f"config file {path}: unknown flag {flag!r}")
+                out[opt.name] = True
+            continue
+        opt = by_key.get(key.lstrip("-"))
+        if opt is None:
+            raise ConfigError(f"config file {path}: unknown option {key!r}")
+        if opt.name == "config":
+            raise ConfigError(f"config file {path}: 'config' cannot be set inside a config file")
+        out[opt.name] = _coerce(opt, value, f"in {path}")
+    return out
+
+
+def resolve(
+    argv: Sequence[str],
+    prog: str = "fws_server",
+    environ: Mapping[str, str] | None = None,
+    print_help: Callable[[str], None] | None = None,
+) -> Config | None:
+    """
+    Parse ``argv`` (without the program name) into a :class:`Config`.
+
+    :param print_help: called with the help text when ``-h``/``--help`` is
+        given; then ``None`` is returned.
+    :raises ConfigError: anything wrong, in one line.
+    """
+    environ = os.environ if environ is None else environ
+    # The storage module adds options of its own (the Redis ones), so it must be
+    # known before the parser is built: look for it on the command line, in the
+    # environment, then in the config file.
+    config_path = _prescan(argv, "config") or environ.get("FWS_CONFIG")
+    file_data = read_config_file(config_path) if config_path else {}
+    storage_name = (
+        _prescan(argv, "storage")
+        or environ.get("FWS_STORAGE")
+        or environ.get(STORAGE_ENV)
+        or file_data.get("storage")
+        or file_data.get("storage-object-module")
+        or DEFAULT_STORAGE
+    )
+    if not isinstance(storage_name, str):
+        raise ConfigError("storage must be a module name")
+    storage_module = load_storage_module(storage_name)
+    extra: tuple[Option, ...] = tuple(getattr(storage_module, "OPTIONS", ()))
+    options = (*CORE_OPTIONS, *extra)
+    parser = build_parser(prog, extra, add_help=False)
+    parser.add_argument("-h", "--help", action="store_true", dest="_help", default=False,
+                        help="show this help message and exit")
+    ns = parser.parse_args(list(argv))
+    if ns._help:
+        if print_help is not None:
+            print_help(parser.format_help())
+        return None
+    given = {k: v for k, v in vars(ns).items() if not k.startswith("_")}
+
+    values: dict[str, Any] = {opt.name: opt.default for opt in options}
+    if config_path:
+        values.update(_file_values(file_data, options, config_path))
+    for opt in options:
+        raw = environ.get(opt.env_var)
+        if opt.name != "config" and raw:
+            values[opt.name] = _coerce(opt, raw, f"${opt.env_var}")
+    for opt in options:
+        if opt.name in given:
+            values[opt.name] = _coerce(opt, given[opt.name], "command line")
+    values["storage"] = storage_name
+    return _build(values, extra)
+
+
+def _build(values: Mapping[str, Any], extra: Sequence[Option]) -> Config:
+    port = values.get("port")
+    if port is not None and not 0 <= port <= 65535:
+        raise ConfigError(f"port must be between 0 and 65535, not {port}")
+    key, cert = values.get("key"), values.get("cert")
+    for label, path in (("key", key), ("cert", cert)):
+        if path and not os.access(path, os.R_OK):
+            reason = "does not exist" if not os.path.exists(path) else "is not readable"
+            raise ConfigError(f"TLS {label} file {path} {reason}")
+    listen = list(values.get("listen") or ())
+    if (key or cert) and listen and port is None:
+        raise ConfigError("-key/-cert apply to the --port listener; give --port, or use an "
+                          "ssl: endpoint with --listen")
+    if port is not None or not listen:
+        listen.append(tcp_or_ssl_endpoint(DEFAULT_PORT if port is None else port,
+                                          values.get("interface") or "", key, cert))
+    filters = values.get("filters")
+    if filters is None:
+        filters = DEFAULT_FILTERS
+    if not filters:
+        raise ConfigError("no filters given")
+    stop_timeout = float(values.get("stop_timeout", 5.0))
+    if stop_timeout < 0:
+        raise ConfigError("stop_timeout must not be negative")
+    return Config(
+        filters=tuple(filters),
+        listen=tuple(listen),
+        storage=modern_name(values.get("storage") or DEFAULT_STORAGE),
+        log_level="debug" if values.get("debug") else values.get("log_level") or "info",
+        stop_timeout=stop_timeout,
+        storage_options={opt.name: values.get(opt.name) for opt in extra},
+    )
+
+
+def tcp_or_ssl_endpoint(port: int, interface: str, key: str | None, cert: str | None) -> str:
+    """The endpoint string that the seed's ``-p``/``-key``/``-cert`` stand for."""
+    from twisted.internet.endpoints import quoteStringArgument as q
+
+    iface = f":interface={q(interface)}" if interface else ""
+    if key or cert:
+        return f"ssl:{port}:privateKey={q(key or cert or '')}:certKey={q(cert or key or '')}{iface}"
+    return f"tcp:{port}{iface}"

@@ -1,0 +1,212 @@
+"""
+The Autobahn factory: owns the user registry, the token groups, the storage
+object and the pipeline of one server, and frames broadcasts once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from fws.pipeline import FilterPipeline, run_chain
+from fws.protocol import FwsRawDataProtocol, FwsServerProtocol, normalize_payload
+from fws.storage_objects import StorageObject
+
+#: Protocol options fws sets on every server (Autobahn's own defaults are
+#: unlimited sizes and no keepalive).  Hardening makes each one an option.
+DEFAULT_PROTOCOL_OPTIONS: dict[str, Any] = {
+    "maxMessagePayloadSize": 1024 * 1024,
+    "maxFramePayloadSize": 1024 * 1024,
+    "openHandshakeTimeout": 10.0,
+    "closeHandshakeTimeout": 2.0,
+    "autoPingInterval": 30.0,
+    "autoPingTimeout": 10.0,
+}
+
+GOING_AWAY = 1001
+
+
+class FwsServerFactory(WebSocketServerFactory):
+    """
+    One fws server: what every connection shares.
+
+    :param pipeline: The filter chains this server runs.
+    :param storage_object: Shared storage and pub/sub; its ``consumer`` is set
+        to feed this server's consumer chain.
+    :param reactor: The reactor connections and timers use.
+    :param node_id: Prefix of connection ids; random by default so that ids
+        are unique across processes.
+    :ivar users: id -> open connection; what ``web_socket_instance.users`` is.
+    :ivar groups: token group name -> {id: connection}, local members only.
+    :ivar connections: every connection, open or still in its handshake.
+    """
+
+    protocol = FwsServerProtocol
+    noisy = False  # no "Starting factory" lines; fws logs what matters itself
+    _log = Logger()
+
+    def __init__(
+        self,
+        pipeline: FilterPipeline,
+        storage_object: StorageObject,
+        *,
+        reactor: IReactorTime,
+        node_id: str | None = None,
+        protocol_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(url=None, reactor=reactor)
+        self.pipeline = pipeline
+        self.storage_object = storage_object
+        self.node_id = node_id or secrets.token_hex(6)
+        self.users: dict[str, FwsServerProtocol] = {}
+        self.groups: dict[str, dict[str, FwsServerProtocol]] = {}
+        self.connections: set[FwsServerProtocol] = set()
+        self._ids = itertools.count(1)
+        self._consumer_backlog: deque[tuple[str, bytes, str | None]] | None = None
+        if pipeline.data:
+            self.protocol = FwsRawDataProtocol
+        self.setProtocolOptions(**{**DEFAULT_PROTOCOL_OPTIONS, **(protocol_options or {})})
+        storage_object.consumer = self.deliver_pubsub
+
+    def buildProtocol(self, addr: Any) -> FwsServerProtocol:
+        proto: FwsServerProtocol = super().buildProtocol(addr)
+        proto.id = f"{self.node_id}-{next(self._ids)}"
+        return proto
+
+    # --- registry -------------------------------------------------------------------------
+
+    def register(self, conn: FwsServerProtocol) -> None:
+        """Called when a connection opens: it becomes a user."""
+        self.users[conn.id] = conn
+        self._log.debug("connection {conn_id} opened from {peer}", conn_id=conn.id, peer=conn.peer)
+
+    def unregister(self, conn: FwsServerProtocol) -> None:
+        """Called when an opened connection closes: it leaves ``users`` and its group."""
+        self.users.pop(conn.id, None)
+        self.leave_group(conn)
+        self._log.debug("connection {conn_id} closed", conn_id=conn.id)
+
+    def join_group(self, conn: FwsServerProtocol, name: str) -> None:
+        """Put ``conn`` in token group ``name``, leaving any group it was in."""
+        if conn.token == name and conn.id in self.groups.get(name, {}):
+            return
+        self.leave_group(conn)
+        self.groups.setdefault(name, {})[conn.id] = conn
+        conn.token = name
+
+    def leave_group(self, conn: FwsServerProtocol) -> None:
+        """Take ``conn`` out of its token group, if any."""
+        name = conn.token
+        if name is None:
+            return
+        members = self.groups.get(name)
+        if members is not None:
+            members.pop(conn.id, None)
+            if not members:
+                del self.groups[name]
+        conn.token = None
+
+    # --- sending -------------------------------------------------------------------------
+
+    def broadcast(
+        self,
+        payload: str | bytes | bytearray | memoryview,
+        isBinary: bool | None = None,
+        *,
+        exclude: FwsServerProtocol | None = None,
+        recipients: Iterable[FwsServerProtocol] | None = None,
+    ) -> int:
+        """
+        Send one message to many connections, framing it once.
+
+        :param payload: str (text) or bytes; the kind is chosen as for
+            :meth:`FwsServerProtocol.sendMessage`.
+        :param exclude: A connection to skip (usually the sender).
+        :param recipients: Connections to send to; every user by default.
+        :returns: How many connections it was written to.
+        """
+        data, binary = normalize_payload(payload, isBinary)
+        targets = tuple(self.users.values() if recipients is None else recipients)
+        if not targets:
+            return 0
+        prepared = self.prepareMessage(data, binary)
+        sent = 0
+        open_state = FwsServerProtocol.STATE_OPEN
+        for conn in targets:
+            if conn is not exclude and conn.state == open_state:
+                conn.sendPreparedMessage(prepared)
+                sent += 1
+        return sent
+
+    # --- pub/sub -------------------------------------------------------------------------
+
+    def deliver_pubsub(self, channel: str, data: bytes, pattern: str | None = None) -> None:
+        """
+        Feed one pub/sub message to the consumer chain (the storage object calls this).
+
+        Messages are processed in arrival order even when consumer filters go
+        asynchronous.
+        """
+        if not self.pipeline.consumer:
+            return
+        if self._consumer_backlog is not None:
+            self._consumer_backlog.append((channel, data, pattern))
+            return
+        outcome = self._run_consumer(channel, data, pattern)
+        if isinstance(outcome, Deferred):
+            self._consumer_backlog = deque()
+            outcome.addBoth(self._resume_consumer)
+
+    def _run_consumer(self, channel: str, data: bytes, pattern: str | None) -> Any:
+        message = {"type": "message", "pattern": pattern, "channel": channel, "data": data}
+        return run_chain(self.pipeline.consumer, self, message, event="consumer", conn_id="server")
+
+    def _resume_consumer(self, _: Any = None) -> None:
+        backlog = self._consumer_backlog
+        while backlog:
+            outcome = self._run_consumer(*backlog.popleft())
+            if isinstance(outcome, Deferred):
+                outcome.addBoth(self._resume_consumer)
+                return
+        self._consumer_backlog = None
+
+    # --- shutdown ------------------------------------------------------------------------
+
+    def close_all(
+        self, code: int = GOING_AWAY, reason: str = "server shutting down", timeout: float = 5.0
+    ) -> Deferred[None]:
+        """
+        Close every connection and fire once all are gone.
+
+        Open connections get a close frame with ``code``; connections still in
+        their handshake are dropped.  Whatever is still connected after
+        ``timeout`` seconds is aborted.
+        """
+        conns = list(self.connections)
+        if not conns:
+            return succeed(None)
+        waits = []
+        for conn in conns:
+            waits.append(conn.is_closed)
+            if conn.state == conn.STATE_OPEN:
+                conn.sendClose(code, reason)
+            elif conn.state == conn.STATE_CONNECTING:
+                conn.dropConnection(abort=True)
+        done: Deferred[None] = DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
+        timer = self.reactor.callLater(timeout, self._abort_remaining, conns)
+        done.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+        return done
+
+    def _abort_remaining(self, conns: list[FwsServerProtocol]) -> None:
+        for conn in conns:
+            if conn in self.connections and conn.transport is not None:
+                self._log.warn("connection {conn_id} did not close in time; aborting", conn_id=conn.id)
+                conn.transport.abortConnection()

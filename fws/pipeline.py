@@ -1,0 +1,374 @@
+"""
+FilterPipeline: the ordered chains of filters that one server runs per event.
+
+Everything here is per server: :func:`load_pipeline` builds a fresh
+:class:`FilterPipeline` from a list of module names, so two servers in one
+process (or two tests) never share filters.  Nothing in this module touches
+the reactor.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import inspect
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from fws.filters.base import CHAIN_BASES, EVENTS, STOP, Refuse, StopChain, WebSocketFilter
+
+log = Logger()
+
+FAILED: Any = object()
+"""Outcome of a chain in which a filter raised: the rest of the chain was skipped."""
+
+#: While a message chain runs, the binary flag of the message being handled.
+#: :meth:`fws.protocol.FwsServerProtocol.sendMessage` reads it so that
+#: ``other.sendMessage(bytes(data))`` forwards text as text and binary as binary.
+current_message_binary: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
+    "fws_current_message_binary", default=None
+)
+
+FilterFunc = Callable[[Any, Any], Any]
+
+
+class FilterLoadError(Exception):
+    """A filter module could not be used; the message is one line, fit for stderr."""
+
+
+@dataclass(frozen=True)
+class FilterEntry:
+    """One filter in a chain: its display name and the callable to run."""
+
+    name: str
+    func: FilterFunc
+
+
+# --- legacy names --------------------------------------------------------------------------
+
+LEGACY_PREFIX = "filtered_websocket"
+
+
+def modern_name(name: str) -> str:
+    """
+    Map a 2014 ``filtered_websocket.*`` module name to its ``fws.*`` equivalent.
+
+    >>> modern_name("filtered_websocket.filters.echo")
+    'fws.filters.echo'
+    """
+    if name == LEGACY_PREFIX or name.startswith(LEGACY_PREFIX + "."):
+        return "fws" + name[len(LEGACY_PREFIX) :]
+    return name
+
+
+class _LegacyAliasLoader(importlib.abc.Loader):
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        return importlib.import_module(self.target)
+
+    def exec_module(self, module: ModuleType) -> None:
+        """The aliased module is already executed."""
+
+
+class LegacyAliasFinder(importlib.abc.MetaPathFinder):
+    """
+    Make ``import filtered_websocket.filters.base`` give ``fws.filters.base``.
+
+    Old user modules start with ``from filtered_websocket.filters.base import
+    WebSocketMessageFilter``; with this finder they load unchanged, and the
+    classes they get are the very fws classes (not copies).
+    """
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if modern_name(fullname) == fullname:
+            return None
+        target_name = modern_name(fullname)
+        if importlib.util.find_spec(target_name) is None:
+            return None
+        return importlib.util.spec_from_loader(
+            fullname, _LegacyAliasLoader(target_name), is_package=True
+        )
+
+
+def install_legacy_aliases() -> None:
+    """Install :class:`LegacyAliasFinder` once per process (idempotent)."""
+    if not any(isinstance(f, LegacyAliasFinder) for f in sys.meta_path):
+        sys.meta_path.append(LegacyAliasFinder())
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def _import_filter_module(name: str) -> ModuleType:
+    """
+    Import a module named on the command line, with one-line errors.
+
+    Order: the name as given (the current directory comes first on
+    ``sys.path``, as for ``python script.py``), the legacy mapping, then, for a
+    bare name such as ``echo``, the bundled ``fws.filters.echo``.
+    """
+    if not name or any(not part.isidentifier() for part in name.split(".")):
+        raise FilterLoadError(f"filter module {name!r} is not a valid dotted module name")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    install_legacy_aliases()
+    candidates = [modern_name(name)]
+    if "." not in name:
+        candidates.append(f"fws.filters.{name}")
+    for candidate in candidates:
+        try:
+            return importlib.import_module(candidate)
+        except ModuleNotFoundError as e:
+            # Only "this very module does not exist" moves on to the next candidate;
+            # a module that exists but imports something missing is that module's bug.
+            missing = e.name or ""
+            if missing and (candidate == missing or candidate.startswith(missing + ".")):
+                continue
+            raise FilterLoadError(
+                f"filter module {name!r} failed to import: {type(e).__name__}: {e}"
+            ) from e
+        except SyntaxError as e:
+            where = f"{os.path.basename(e.filename or '?')}, line {e.lineno}"
+            raise FilterLoadError(
+                f"filter module {name!r} failed to import: SyntaxError: {e.msg} ({where})"
+            ) from e
+        except Exception as e:
+            raise FilterLoadError(
+                f"filter module {name!r} failed to import: {type(e).__name__}: {e}"
+            ) from e
+    raise FilterLoadError(
+        f"filter module {name!r} not found (looked for {' and '.join(map(repr, candidates))}"
+        f" from {cwd})"
+    )
+
+
+def _chain_of(cls: type) -> str | None:
+    bases = [base for base in CHAIN_BASES if issubclass(cls, base)]
+    if not bases:
+        return None
+    if len(bases) > 1:
+        raise FilterLoadError(
+            f"filter {cls.__module__}.{cls.__qualname__} subclasses more than one chain base "
+            f"({', '.join(b.__name__ for b in bases)}); write one class per event"
+        )
+    return bases[0].event
+
+
+def _callable_of(cls: type[WebSocketFilter]) -> FilterFunc:
+    raw = inspect.getattr_static(cls, "filter")
+    if isinstance(raw, (classmethod, staticmethod)):
+        func: FilterFunc = cls.filter
+        return func
+    try:
+        instance = cls()
+    except Exception as e:
+        raise FilterLoadError(
+            f"filter {cls.__module__}.{cls.__qualname__} could not be instantiated: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    bound: FilterFunc = instance.filter
+    return bound
+
+
+def filters_in_module(module: ModuleType) -> list[tuple[str, FilterEntry]]:
+    """
+    The filters a module defines, as ``(event, entry)`` in definition order.
+
+    Classes merely imported into the module (their ``__module__`` differs) are
+    not its filters, and neither are intermediate classes that do not define
+    ``filter`` themselves or through a non-base parent.
+    """
+    found = []
+    for obj in vars(module).values():
+        if not (isinstance(obj, type) and obj.__module__ == module.__name__):
+            continue
+        if obj in CHAIN_BASES or not issubclass(obj, WebSocketFilter):
+            continue
+        event = _chain_of(obj)
+        if event is None or inspect.getattr_static(obj, "filter") is inspect.getattr_static(
+            WebSocketFilter, "filter"
+        ):
+            continue
+        found.append((event, FilterEntry(f"{module.__name__}.{obj.__qualname__}", _callable_of(obj))))
+    return found
+
+
+def load_pipeline(names: Iterable[str]) -> FilterPipeline:
+    """
+    Build a new pipeline from module names, in command-line order.
+
+    :raises FilterLoadError: a name cannot be imported, or a module defines no
+        filter; the message is one line.
+    """
+    chains: dict[str, list[FilterEntry]] = {event: [] for event in EVENTS}
+    modules = []
+    for name in names:
+        module = _import_filter_module(name)
+        found = filters_in_module(module)
+        if not found:
+            raise FilterLoadError(
+                f"module {name!r} defines no filter (no class subclassing one of "
+                f"{', '.join(b.__name__ for b in CHAIN_BASES)})"
+            )
+        modules.append(module.__name__)
+        for event, entry in found:
+            chains[event].append(entry)
+    return FilterPipeline(
+        modules=tuple(modules), **{event: tuple(entries) for event, entries in chains.items()}
+    )
+
+
+# --- running -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FilterPipeline:
+    """
+    The five chains of one server, each a tuple of :class:`FilterEntry`.
+
+    An empty tuple is falsy, which is how callers skip an event at no cost.
+    """
+
+    connect: tuple[FilterEntry, ...] = ()
+    data: tuple[FilterEntry, ...] = ()
+    message: tuple[FilterEntry, ...] = ()
+    disconnect: tuple[FilterEntry, ...] = ()
+    consumer: tuple[FilterEntry, ...] = ()
+    modules: tuple[str, ...] = field(default=())
+
+    def chain(self, event: str) -> tuple[FilterEntry, ...]:
+        """The chain for ``event`` (one of :data:`fws.filters.base.EVENTS`)."""
+        chain: tuple[FilterEntry, ...] = getattr(self, event)
+        return chain
+
+    def describe(self) -> dict[str, list[str]]:
+        """Filter names per event, for logs and ``--check`` style output."""
+        return {event: [entry.name for entry in self.chain(event)] for event in EVENTS}
+
+
+def run_chain(
+    chain: Sequence[FilterEntry],
+    target: Any,
+    data: Any,
+    *,
+    event: str,
+    conn_id: str,
+    binary: bool | None = None,
+    propagate: tuple[type[BaseException], ...] = (),
+    start: int = 0,
+) -> Any:
+    """
+    Run ``chain[start:]`` on one event.
+
+    :returns: ``None`` if every filter ran, :data:`STOP` if one stopped the
+        chain, :data:`FAILED` if one raised (it was logged with the filter name
+        and ``conn_id``), or a ``Deferred`` firing with one of those when a
+        filter went asynchronous.
+    :raises: exceptions listed in ``propagate`` (``Refuse`` for the connect
+        chain), synchronously or through the returned ``Deferred``.
+    """
+    n = len(chain)
+    i = start
+    while i < n:
+        entry = chain[i]
+        i += 1
+        token = current_message_binary.set(binary) if binary is not None else None
+        try:
+            result = entry.func(target, data)
+            if inspect.isawaitable(result):
+                # ensureDeferred copies the context now, so a coroutine filter keeps
+                # seeing current_message_binary for its whole life.
+                result = Deferred.fromCoroutine(result) if inspect.iscoroutine(result) else (
+                    Deferred.fromFuture(result)  # type: ignore[arg-type]
+                )
+        except StopChain:
+            return STOP
+        except propagate:
+            raise
+        except Exception:
+            log.failure(
+                "filter {filter} failed on {event} for connection {conn_id}",
+                filter=entry.name,
+                event=event,
+                conn_id=conn_id,
+            )
+            return FAILED
+        finally:
+            if token is not None:
+                current_message_binary.reset(token)
+        if result is None:
+            continue
+        if result is STOP:
+            return STOP
+        if isinstance(result, Deferred):
+            return result.addCallbacks(
+                _continue,
+                _failed,
+                callbackArgs=(chain, target, data, event, conn_id, binary, propagate, i),
+                errbackArgs=(entry.name, event, conn_id, propagate),
+            )
+    return None
+
+
+def _continue(
+    result: Any,
+    chain: Sequence[FilterEntry],
+    target: Any,
+    data: Any,
+    event: str,
+    conn_id: str,
+    binary: bool | None,
+    propagate: tuple[type[BaseException], ...],
+    start: int,
+) -> Any:
+    if result is STOP:
+        return STOP
+    return run_chain(
+        chain, target, data, event=event, conn_id=conn_id, binary=binary,
+        propagate=propagate, start=start,
+    )
+
+
+def _failed(
+    failure: Any, name: str, event: str, conn_id: str, propagate: tuple[type[BaseException], ...]
+) -> Any:
+    if failure.check(StopChain):
+        return STOP
+    if propagate and failure.check(*propagate):
+        return failure
+    log.failure(
+        "filter {filter} failed on {event} for connection {conn_id}",
+        failure,
+        filter=name,
+        event=event,
+        conn_id=conn_id,
+    )
+    return FAILED
+
+
+__all__ = [
+    "FAILED",
+    "FilterEntry",
+    "FilterLoadError",
+    "FilterPipeline",
+    "Refuse",
+    "current_message_binary",
+    "load_pipeline",
+    "modern_name",
+    "run_chain",
+]

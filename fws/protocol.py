@@ -1,0 +1,293 @@
+"""
+The Autobahn protocol: maps connection callbacks to pipeline events.
+
+No business logic lives here: the protocol turns Autobahn's callbacks into
+the connect, data, message and disconnect chains, keeps one connection's
+messages in arrival order even when filters go asynchronous, and makes
+``sendMessage`` forgiving (str or bytes, text stays text, a closed connection
+is a no-op).  An event whose chain is empty does no work at all.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from autobahn.twisted.websocket import ConnectionDeny, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from fws.filters.base import Refuse
+from fws.pipeline import FAILED, current_message_binary, run_chain
+
+if TYPE_CHECKING:
+    from fws.factory import FwsServerFactory
+    from fws.storage_objects import StorageObject
+
+#: While more messages than this wait behind an asynchronous filter, the
+#: connection stops reading from its socket (TCP backpressure to the client).
+MAX_BACKLOG = 256
+
+
+@dataclass(frozen=True)
+class CloseInfo:
+    """What the disconnect chain gets as ``data``."""
+
+    code: int | None
+    reason: str | None
+    was_clean: bool
+
+
+_DISCONNECT = object()
+
+
+def normalize_payload(payload: Any, is_binary: bool | None) -> tuple[bytes, bool]:
+    """
+    Turn what a filter hands to ``sendMessage`` into ``(bytes, is_binary)``.
+
+    ``str`` is text.  ``bytes``/``bytearray``/``memoryview`` with ``is_binary``
+    left as ``None`` take the kind of the message the current message chain is
+    handling (so ``other.sendMessage(bytes(data))`` forwards text as text and
+    binary as binary); outside a message chain (a consumer filter forwarding
+    pub/sub data, say) valid UTF-8 goes as text and anything else as binary.
+    Inferred text that is not valid UTF-8 (a filter cut a character in half)
+    goes as binary rather than making the client fail the connection.
+
+    :raises ValueError: ``is_binary=False`` was asked for bytes that are not UTF-8.
+    :raises TypeError: the payload is neither text nor bytes-like.
+    """
+    if type(payload) is str:
+        return payload.encode("utf-8"), bool(is_binary)
+    if type(payload) is not bytes:
+        if isinstance(payload, (bytearray, memoryview, bytes)):
+            payload = bytes(payload)
+        else:
+            raise TypeError(f"sendMessage takes str or bytes, not {type(payload).__name__}")
+    if is_binary:
+        return payload, True
+    explicit = is_binary is not None
+    if not explicit:
+        current = current_message_binary.get()
+        if current:
+            return payload, True
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        if explicit:
+            raise ValueError("a text message must be valid UTF-8; pass isBinary=True") from None
+        return payload, True
+    return payload, False
+
+
+class FwsServerProtocol(WebSocketServerProtocol):
+    """
+    One client connection, as filters see it (``web_socket_instance``).
+
+    :ivar id: Unique id (``<node>-<n>``), unique across nodes as well.
+    :ivar token: Name of the broadcast group the connection is in, or ``None``.
+    :ivar is_binary: Whether the message being filtered arrived as a binary frame.
+    :ivar request: The handshake request (Autobahn ``ConnectionRequest``:
+        ``path``, ``params``, ``headers``, ``peer``), once it has arrived.
+    """
+
+    _log = Logger()  # Autobahn owns ``self.log``
+    factory: FwsServerFactory
+
+    id: str = ""
+    token: str | None = None
+    is_binary: bool = False
+    request: ConnectionRequest | None = None
+    _opened = False
+    _backlog: deque[Any] | None = None
+    _paused = False
+
+    # --- what filters use ----------------------------------------------------------------
+
+    @property
+    def users(self) -> dict[str, FwsServerProtocol]:
+        """All local users: id -> connection (shared with the factory)."""
+        return self.factory.users
+
+    @property
+    def storage_object(self) -> StorageObject:
+        """The server's storage object (in-memory or Redis)."""
+        return self.factory.storage_object
+
+    def sendMessage(  # type: ignore[override]
+        self,
+        payload: str | bytes | bytearray | memoryview,
+        isBinary: bool | None = None,
+        fragmentSize: int | None = None,
+        sync: bool = False,
+        doNotCompress: bool = False,
+    ) -> None:
+        """
+        Send one message; see :func:`normalize_payload` for how its kind is chosen.
+
+        Sending on a connection that is not open (closing, closed, or still in
+        its handshake) does nothing: a broadcast loop never fails because one
+        recipient just left.
+        """
+        data, binary = normalize_payload(payload, isBinary)
+        if self.state != self.STATE_OPEN:
+            return
+        super().sendMessage(data, binary, fragmentSize, sync, doNotCompress)
+
+    def __repr__(self) -> str:
+        return f"<FwsServerProtocol id={self.id} peer={self.peer!r}>"
+
+    # --- Autobahn callbacks ----------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.connections.add(self)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.connections.discard(self)
+        super().connectionLost(reason)
+
+    def onConnect(self, request: ConnectionRequest) -> Any:
+        self.request = request
+        chain = self.factory.pipeline.connect
+        if not chain:
+            return None
+        try:
+            outcome = run_chain(
+                chain, self, request, event="connect", conn_id=self.id, propagate=(Refuse,)
+            )
+        except Refuse as e:
+            raise ConnectionDeny(e.status, e.reason or "") from None
+        if isinstance(outcome, Deferred):
+            return outcome.addCallbacks(_accept_or_fail, _deny)
+        return _accept_or_fail(outcome)
+
+    def onOpen(self) -> None:
+        self._opened = True
+        self.factory.register(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        chain = self.factory.pipeline.message
+        if not chain:
+            return
+        if self._backlog is not None:
+            self._queue((payload, isBinary))
+            return
+        self.is_binary = isBinary
+        outcome = run_chain(
+            chain, self, bytearray(payload), event="message", conn_id=self.id, binary=isBinary
+        )
+        if isinstance(outcome, Deferred):
+            self._backlog = deque()
+            outcome.addBoth(self._resume)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if not self._opened:
+            return
+        self._opened = False
+        self.factory.unregister(self)
+        info = CloseInfo(code, reason, wasClean)
+        if not self.factory.pipeline.disconnect:
+            return
+        if self._backlog is not None:
+            self._backlog.append((_DISCONNECT, info))
+            return
+        self._run_disconnect(info)
+
+    # --- ordering ----------------------------------------------------------------------------
+
+    def _queue(self, item: tuple[Any, Any]) -> None:
+        assert self._backlog is not None
+        self._backlog.append(item)
+        if not self._paused and len(self._backlog) > MAX_BACKLOG and self.transport:
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def _resume(self, _: Any = None) -> None:
+        """Process what queued up behind an asynchronous filter, in order."""
+        backlog = self._backlog
+        chain = self.factory.pipeline.message
+        while backlog:
+            payload, flag = backlog.popleft()
+            if payload is _DISCONNECT:
+                outcome = self._run_disconnect(flag)
+            else:
+                self.is_binary = flag
+                outcome = run_chain(
+                    chain, self, bytearray(payload), event="message", conn_id=self.id, binary=flag
+                )
+            if isinstance(outcome, Deferred):
+                outcome.addBoth(self._resume)
+                return
+            if self._paused and len(backlog) <= MAX_BACKLOG // 2:
+                self._paused = False
+                if self.transport:
+                    self.transport.resumeProducing()
+        self._backlog = None
+        if self._paused:
+            self._paused = False
+            if self.transport:
+                self.transport.resumeProducing()
+
+    def _run_disconnect(self, info: CloseInfo) -> Any:
+        return run_chain(
+            self.factory.pipeline.disconnect, self, info, event="disconnect", conn_id=self.id
+        )
+
+
+class FwsRawDataProtocol(FwsServerProtocol):
+    """
+    The protocol used when the data chain is not empty.
+
+    A separate class so that servers without data filters pay nothing per
+    read.  While an asynchronous data filter runs, later reads wait (and the
+    socket stops being read), so the WebSocket parser sees bytes in order.
+    """
+
+    _raw_backlog: deque[bytes] | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._raw_backlog is not None:
+            self._raw_backlog.append(data)
+            return
+        self._process_raw(data)
+
+    def _process_raw(self, data: bytes) -> bool:
+        """Run the data chain on one read; return whether it went asynchronous."""
+        buf = bytearray(data)
+        outcome = run_chain(self.factory.pipeline.data, self, buf, event="data", conn_id=self.id)
+        if isinstance(outcome, Deferred):
+            if self._raw_backlog is None:
+                self._raw_backlog = deque()
+                if self.transport:
+                    self.transport.pauseProducing()
+            outcome.addBoth(self._raw_done, buf)
+            return True
+        if buf:
+            super().dataReceived(bytes(buf))
+        return False
+
+    def _raw_done(self, _: Any, buf: bytearray) -> None:
+        if buf:
+            super().dataReceived(bytes(buf))
+        backlog = self._raw_backlog
+        while backlog:
+            if self._process_raw(backlog.popleft()):
+                return
+        self._raw_backlog = None
+        if self.transport:
+            self.transport.resumeProducing()
+
+
+def _accept_or_fail(outcome: Any) -> None:
+    if outcome is FAILED:
+        raise ConnectionDeny(ConnectionDeny.INTERNAL_SERVER_ERROR, "Internal Server Error")
+    return None
+
+
+def _deny(failure: Any) -> None:
+    error = failure.value
+    if isinstance(error, Refuse):
+        raise ConnectionDeny(error.status, error.reason or "")
+    failure.raiseException()
