@@ -107,7 +107,9 @@ class LegacyAliasFinder(importlib.abc.MetaPathFinder):
 def install_legacy_aliases() -> None:
     """Install :class:`LegacyAliasFinder` once per process (idempotent)."""
     if not any(isinstance(f, LegacyAliasFinder) for f in sys.meta_path):
-        sys.meta_path.append(LegacyAliasFinder())
+        # First in line: otherwise PathFinder would find fws files through the aliased
+        # package's __path__ and load second copies under the legacy names.
+        sys.meta_path.insert(0, LegacyAliasFinder())
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -290,12 +292,10 @@ def run_chain(
         token = current_message_binary.set(binary) if binary is not None else None
         try:
             result = entry.func(target, data)
-            if inspect.isawaitable(result):
-                # ensureDeferred copies the context now, so a coroutine filter keeps
+            if result is not None and inspect.iscoroutine(result):
+                # fromCoroutine copies the context now, so a coroutine filter keeps
                 # seeing current_message_binary for its whole life.
-                result = Deferred.fromCoroutine(result) if inspect.iscoroutine(result) else (
-                    Deferred.fromFuture(result)  # type: ignore[arg-type]
-                )
+                result = Deferred.fromCoroutine(result)
         except StopChain:
             return STOP
         except propagate:

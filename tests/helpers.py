@@ -1,0 +1,114 @@
+"""Helpers for in-process tests: throwaway filter modules, a loopback server, a WebSocket client."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet.defer import Deferred, DeferredQueue
+from twisted.internet.endpoints import TCP4ClientEndpoint
+
+from fws.config import Config
+from fws.service import FwsService, make_service
+
+
+def write_module(directory: Path, source: str, prefix: str = "userfilters") -> str:
+    """Write ``source`` as a uniquely named module in ``directory`` (on sys.path); return its name."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    (directory / f"{name}.py").write_text(textwrap.dedent(source))
+    if str(directory) not in sys.path:
+        sys.path.insert(0, str(directory))
+    return name
+
+
+class Client(WebSocketClientProtocol):
+    """A real Autobahn client that queues what it receives."""
+
+    factory: ClientFactory
+
+    def onOpen(self) -> None:
+        self.factory.opened.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.messages.put((payload, isBinary))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.close_code = code
+        if not self.factory.opened.called:
+            self.factory.opened.errback(ConnectionError(f"handshake failed: {reason}"))
+
+    def send(self, payload: str | bytes) -> None:
+        if isinstance(payload, str):
+            self.sendMessage(payload.encode(), isBinary=False)
+        else:
+            self.sendMessage(payload, isBinary=True)
+
+    async def recv(self) -> tuple[bytes, bool]:
+        result: tuple[bytes, bool] = await self.factory.messages.get()
+        return result
+
+
+class ClientFactory(WebSocketClientFactory):
+    protocol = Client
+
+    def __init__(self, url: str, reactor: Any) -> None:
+        super().__init__(url, reactor=reactor)
+        self.opened: Deferred[Client] = Deferred()
+        self.messages: DeferredQueue[tuple[bytes, bool]] = DeferredQueue()
+        self.close_code: int | None = None
+        self.noisy = False
+
+
+async def connect(reactor: Any, port: int, path: str = "/") -> Client:
+    factory = ClientFactory(f"ws://127.0.0.1:{port}{path}", reactor)
+    await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
+    client: Client = await factory.opened
+    return client
+
+
+async def close(client: Client) -> None:
+    if client.state != client.STATE_CLOSED:
+        client.sendClose(1000)
+    await client.is_closed
+
+
+class Server:
+    """An fws service tree listening on a free loopback port, in this process."""
+
+    def __init__(self, reactor: Any, filters: list[str], **config: Any) -> None:
+        self.reactor = reactor
+        self.service: FwsService = make_service(
+            Config(filters=tuple(filters), listen=("tcp:0:interface=127.0.0.1",), **config), reactor
+        )
+        self.clients: list[Client] = []
+
+    def start(self) -> Server:
+        self.service.privilegedStartService()
+        self.service.startService()
+        return self
+
+    @property
+    def factory(self) -> Any:
+        return self.service.factory
+
+    @property
+    def port(self) -> int:
+        port: int = self.service.listener.ports[0].getHost().port
+        return port
+
+    async def connect(self, path: str = "/") -> Client:
+        client = await connect(self.reactor, self.port, path)
+        self.clients.append(client)
+        return client
+
+    async def stop(self) -> None:
+        for client in self.clients:
+            if client.state == client.STATE_OPEN:
+                client.sendClose(1000)
+        await self.service.stopService()
+        for client in self.clients:
+            await client.is_closed
