@@ -197,7 +197,7 @@ class FwsServerFactory(WebSocketServerFactory):
         for conn in conns:
             waits.append(conn.is_closed)
             if conn.state == conn.STATE_OPEN:
-                conn.sendClose(code, reason)
+                conn.close(code, reason)
             elif conn.state == conn.STATE_CONNECTING:
                 conn.dropConnection(abort=True)
         done: Deferred[None] = DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)

@@ -135,6 +135,19 @@ class FwsServerProtocol(WebSocketServerProtocol):
             return
         super().sendMessage(data, binary, fragmentSize, sync, doNotCompress)
 
+    def close(self, code: int = 1000, reason: str | None = None) -> None:
+        """
+        Start the closing handshake with any valid close code.
+
+        Autobahn's ``sendClose`` only lets applications use 1000 and
+        3000-4999; a server also needs the protocol codes (1001 going away,
+        1008 policy violation, 1009 too big), so this sends the frame itself.
+        """
+        if self.state != self.STATE_OPEN:
+            return
+        reason_utf8 = reason.encode("utf-8")[:123] if reason else None
+        self.sendCloseFrame(code=code, reasonUtf8=reason_utf8, isReply=False)
+
     def __repr__(self) -> str:
         return f"<FwsServerProtocol id={self.id} peer={self.peer!r}>"
 

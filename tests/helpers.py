@@ -40,6 +40,12 @@ class Client(WebSocketClientProtocol):
         self.factory.close_code = code
         if not self.factory.opened.called:
             self.factory.opened.errback(ConnectionError(f"handshake failed: {reason}"))
+        self.factory.closed.callback(code)
+
+    @property
+    def closed(self) -> Deferred[int | None]:
+        """Fires with the close code once onClose ran (Autobahn's is_closed fires before it)."""
+        return self.factory.closed
 
     def send(self, payload: str | bytes) -> None:
         if isinstance(payload, str):
@@ -60,6 +66,7 @@ class ClientFactory(WebSocketClientFactory):
         self.opened: Deferred[Client] = Deferred()
         self.messages: DeferredQueue[tuple[bytes, bool]] = DeferredQueue()
         self.close_code: int | None = None
+        self.closed: Deferred[int | None] = Deferred()
         self.noisy = False
 
 
@@ -73,7 +80,7 @@ async def connect(reactor: Any, port: int, path: str = "/") -> Client:
 async def close(client: Client) -> None:
     if client.state != client.STATE_CLOSED:
         client.sendClose(1000)
-    await client.is_closed
+    await client.closed
 
 
 class Server:
@@ -111,4 +118,4 @@ class Server:
                 client.sendClose(1000)
         await self.service.stopService()
         for client in self.clients:
-            await client.is_closed
+            await client.closed

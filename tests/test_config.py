@@ -67,7 +67,7 @@ def test_key_and_cert_make_an_ssl_endpoint(tmp_path: Path) -> None:
         (["-p", "70000"], "between 0 and 65535"),
         (["-key", "/nonexistent/key.pem"], "TLS key file /nonexistent/key.pem does not exist"),
         (["-c", "/nonexistent/fws.json"], "cannot read config file /nonexistent/fws.json"),
-        (["--log-level", "loud"], "log_level (command line) must be one of"),
+        (["--log-level", "loud"], "invalid choice: 'loud'"),
         (["--storage", "no.such.storage"], "storage module 'no.such.storage' is not available"),
         (["-f"], "expected at least one argument"),
     ],
