@@ -73,3 +73,12 @@ def test_console_scripts_of_this_install(tmp_path: Path) -> None:
     out = subprocess.run([str(bindir / "fws_server"), "-h"], cwd=tmp_path, env=clean_env(),
                          capture_output=True, text=True, check=True).stdout
     assert out.startswith("usage: fws_server")
+
+
+def test_importing_fws_installs_no_reactor(tmp_path: Path) -> None:
+    """twistd imports the plugin (and fws.tap) before choosing a reactor: they must not pick one."""
+    code = ("import sys, fws, fws.plugin_maker, fws.tap, fws.filters.echo; "
+            "print('twisted.internet.reactor' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=clean_env(),
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

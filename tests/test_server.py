@@ -397,3 +397,42 @@ def test_wiring_opens_nothing_until_started() -> None:
     assert [s.name for s in service] == ["storage", "websocket"]
     d: Deferred[None] = service.stopService()
     assert d.called
+
+
+@pytest_twisted.ensureDeferred
+async def test_empty_chains_cost_nothing(reactor: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No data, message or disconnect filters: no pipeline code runs per read or message."""
+    from autobahn.twisted.websocket import WebSocketServerProtocol
+
+    import fws.protocol
+
+    calls: list[str] = []
+    real = fws.protocol.run_chain
+    monkeypatch.setattr(fws.protocol, "run_chain",
+                        lambda *a, **k: calls.append(k["event"]) or real(*a, **k))
+    server = Server(reactor, ["fws.filters.broadcast_pubsub"]).start()
+    try:
+        assert server.factory.protocol is fws.protocol.FwsServerProtocol
+        assert fws.protocol.FwsServerProtocol.dataReceived is WebSocketServerProtocol.dataReceived
+        a = await server.connect()
+        for i in range(10):
+            a.send(f"m{i}")
+        a.send("ping")
+        await close(a)
+        assert calls == []
+    finally:
+        await server.stop()
+
+
+def test_public_api() -> None:
+    import fws
+    import fws.filters.base as base
+
+    assert set(fws.__all__) == {
+        "STOP", "Refuse", "StopChain", "WebSocketConnectFilter", "WebSocketConsumerFilter",
+        "WebSocketDataFilter", "WebSocketDisconnectFilter", "WebSocketFilter",
+        "WebSocketMessageFilter", "__version__",
+    }
+    for name in fws.__all__:
+        if name != "__version__":
+            assert getattr(fws, name) is getattr(base, name)
