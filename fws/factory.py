@@ -74,7 +74,12 @@ class FwsServerFactory(WebSocketServerFactory):
         if pipeline.data:
             self.protocol = FwsRawDataProtocol
         self.setProtocolOptions(**{**DEFAULT_PROTOCOL_OPTIONS, **(protocol_options or {})})
-        storage_object.consumer = self.deliver_pubsub
+        # Optional hooks of a storage object that joins several nodes into one server
+        # (the Redis one): relaying broadcasts, and mirroring group membership.
+        self._relay = getattr(storage_object, "relay", None)
+        self._member_joined = getattr(storage_object, "member_joined", None)
+        self._member_left = getattr(storage_object, "member_left", None)
+        storage_object.attach(self)
 
     def buildProtocol(self, addr: Any) -> FwsServerProtocol:
         proto: FwsServerProtocol = super().buildProtocol(addr)
@@ -101,6 +106,8 @@ class FwsServerFactory(WebSocketServerFactory):
         self.leave_group(conn)
         self.groups.setdefault(name, {})[conn.id] = conn
         conn.token = name
+        if self._member_joined is not None:
+            self._member_joined(name, conn.id)
 
     def leave_group(self, conn: FwsServerProtocol) -> None:
         """Take ``conn`` out of its token group, if any."""
@@ -113,6 +120,8 @@ class FwsServerFactory(WebSocketServerFactory):
             if not members:
                 del self.groups[name]
         conn.token = None
+        if self._member_left is not None:
+            self._member_left(name, conn.id)
 
     # --- sending -------------------------------------------------------------------------
 
@@ -145,6 +154,64 @@ class FwsServerFactory(WebSocketServerFactory):
                 conn.sendPreparedMessage(prepared)
                 sent += 1
         return sent
+
+    def broadcast_all(
+        self,
+        payload: str | bytes | bytearray | memoryview,
+        isBinary: bool | None = None,
+        *,
+        exclude: FwsServerProtocol | None = None,
+    ) -> int:
+        """
+        Send one message to every user of the logical server: here, and on every
+        other node when the storage object joins nodes (Redis).
+
+        :returns: How many local connections it was written to.
+        """
+        data, binary = normalize_payload(payload, isBinary)
+        sent = self.broadcast(data, binary, exclude=exclude)
+        if self._relay is not None:
+            self._relay(None, exclude.id if exclude is not None else None, binary, data)
+        return sent
+
+    def broadcast_group(
+        self,
+        group: str,
+        payload: str | bytes | bytearray | memoryview,
+        isBinary: bool | None = None,
+        *,
+        exclude: FwsServerProtocol | None = None,
+    ) -> int:
+        """
+        Send one message to every member of token group ``group``, on every node.
+
+        :returns: How many local connections it was written to.
+        """
+        data, binary = normalize_payload(payload, isBinary)
+        members = self.groups.get(group)
+        sent = self.broadcast(data, binary, exclude=exclude, recipients=members.values()) if members else 0
+        if self._relay is not None:
+            self._relay(group, exclude.id if exclude is not None else None, binary, data)
+        return sent
+
+    def deliver_relayed(
+        self, group: str | None, exclude_id: str | None, is_binary: bool, payload: bytes
+    ) -> int:
+        """
+        Deliver a broadcast that another node relayed (the storage object calls this).
+
+        :param group: Token group name, or ``None`` for every user.
+        :param exclude_id: Id of the sender, never sent back to.
+        """
+        if group is None:
+            recipients: Iterable[FwsServerProtocol] = self.users.values()
+        else:
+            members = self.groups.get(group)
+            if not members:
+                return 0
+            recipients = members.values()
+        exclude = self.users.get(exclude_id) if exclude_id is not None else None
+        return self.broadcast(payload, is_binary, exclude=exclude, recipients=recipients)
 
     # --- pub/sub -------------------------------------------------------------------------
 

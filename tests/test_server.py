@@ -303,7 +303,7 @@ async def test_storage_object_set_semantics(reactor: Any) -> None:
         assert await store.add("k", "a") is True
         assert await store.add("k", "a") is False
         await store.add("k", "b")
-        assert await store.get("k") == {"a", "b"}
+        assert await store.get("k") == {b"a", b"b"}
         assert await store.remove("k", "a") is True
         assert await store.remove("k", "zzz") is False
         assert await store.get("missing") == set()

@@ -1,4 +1,4 @@
-"""Every message goes to every other connected user, framed once."""
+"""Every message goes to every other connected user (on every node with Redis), framed once."""
 
 from __future__ import annotations
 
@@ -12,6 +12,6 @@ class BroadcastMessages(WebSocketMessageFilter):
 
     @staticmethod
     def filter(web_socket_instance: Any, data: bytearray) -> None:
-        web_socket_instance.factory.broadcast(
+        web_socket_instance.factory.broadcast_all(
             bytes(data), web_socket_instance.is_binary, exclude=web_socket_instance
         )

@@ -37,7 +37,5 @@ class BroadcastMessagesByToken(WebSocketMessageFilter):
         if conn.token is None:
             conn.sendMessage(NO_TOKEN)
             return
-        members = conn.factory.groups.get(conn.token, {})
-        conn.factory.broadcast(bytes(data), conn.is_binary, exclude=conn,
-                               recipients=members.values())
+        conn.factory.broadcast_group(conn.token, bytes(data), conn.is_binary, exclude=conn)
 

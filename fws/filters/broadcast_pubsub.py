@@ -12,4 +12,5 @@ class BroadcastPubSub(WebSocketConsumerFilter):
 
     @staticmethod
     def filter(web_socket_instance: Any, data: dict[str, Any]) -> None:
+        # Every node receives the pub/sub message itself: deliver locally only.
         web_socket_instance.broadcast(data["data"])

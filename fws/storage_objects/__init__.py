@@ -11,9 +11,13 @@ A storage module (named by ``--storage`` or ``$STORAGE_OBJECT_MODULE``) provides
   command line, config files and ``FWS_*`` variables then accept (this is how
   the Redis module adds ``--redis_host`` and friends to ``-h``).
 
-The factory sets ``storage_object.consumer`` to a callable
-``consumer(channel: str, data: bytes, pattern: str | None)``; the storage
-object calls it for every pub/sub message, which feeds the consumer chain.
+The factory calls ``storage_object.attach(server)``; the storage object then
+calls ``server.deliver_pubsub(channel, data, pattern)`` for every pub/sub
+message, which feeds the consumer chain.  A storage object that joins several
+processes into one server also has ``relay(group, exclude_id, is_binary,
+payload)`` (the factory calls it for every broadcast, and the other nodes get
+it through ``server.deliver_relayed``) and ``member_joined(group, id)`` /
+``member_left(group, id)``.
 """
 
 from __future__ import annotations
@@ -29,15 +33,16 @@ Consumer = Callable[[str, bytes, "str | None"], None]
 class StorageObject(Protocol):
     """What filters may call on ``web_socket_instance.storage_object``."""
 
-    consumer: Consumer | None
+    def attach(self, server: Any) -> None:
+        """Deliver pub/sub messages (and relayed broadcasts) to ``server``."""
 
-    def get(self, key: str) -> Deferred[set[Any]]:
-        """Fire with the set stored under ``key`` (empty if none)."""
+    def get(self, key: str) -> Deferred[set[bytes]]:
+        """Fire with the set stored under ``key`` (empty if none), as bytes."""
 
-    def add(self, key: str, value: Any) -> Deferred[bool]:
+    def add(self, key: str, value: str | bytes) -> Deferred[bool]:
         """Add ``value`` to the set under ``key``; fire with whether it was new."""
 
-    def remove(self, key: str, value: Any) -> Deferred[bool]:
+    def remove(self, key: str, value: str | bytes) -> Deferred[bool]:
         """Remove ``value`` from the set under ``key``; fire with whether it was there."""
 
     def publish(self, channel: str, data: str | bytes) -> Deferred[int]:

@@ -1,6 +1,8 @@
 """
 The default storage object: sets in a dict, and pub/sub within this process.
 
+Values are kept as bytes (``str`` is stored UTF-8 encoded), exactly as the
+Redis storage object keeps them, so a filter behaves the same on both.
 Every method returns an already-fired ``Deferred`` (pub/sub delivery itself
 happens on the next reactor turn, as it would through Redis, so a consumer
 filter that publishes never recurses into itself).  Every published channel is
@@ -9,7 +11,6 @@ delivered: in one process there is nobody else to subscribe.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from typing import Any
 
 from twisted.application.service import Service
@@ -26,19 +27,25 @@ class MemoryStorage(Service):
 
     def __init__(self, reactor: IReactorTime) -> None:
         self._reactor = reactor
-        self._sets: dict[str, set[Hashable]] = {}
+        self._sets: dict[str, set[bytes]] = {}
         self.consumer: Consumer | None = None
 
-    def get(self, key: str) -> Deferred[set[Any]]:
+    def attach(self, server: Any) -> None:
+        """Deliver pub/sub messages to ``server``'s consumer chain."""
+        self.consumer = server.deliver_pubsub
+
+    def get(self, key: str) -> Deferred[set[bytes]]:
         return succeed(set(self._sets.get(key, ())))
 
-    def add(self, key: str, value: Hashable) -> Deferred[bool]:
+    def add(self, key: str, value: str | bytes) -> Deferred[bool]:
+        value = _bytes(value)
         members = self._sets.setdefault(key, set())
         new = value not in members
         members.add(value)
         return succeed(new)
 
-    def remove(self, key: str, value: Hashable) -> Deferred[bool]:
+    def remove(self, key: str, value: str | bytes) -> Deferred[bool]:
+        value = _bytes(value)
         members = self._sets.get(key)
         if members is None or value not in members:
             return succeed(False)
@@ -48,12 +55,21 @@ class MemoryStorage(Service):
         return succeed(True)
 
     def publish(self, channel: str, data: str | bytes) -> Deferred[int]:
-        payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        payload = _bytes(data)
         consumer = self.consumer
         if consumer is None or not self.running:
             return succeed(0)
         self._reactor.callLater(0, consumer, channel, payload, None)
         return succeed(1)
+
+
+def _bytes(value: str | bytes | bytearray | memoryview) -> bytes:
+    """Values are stored as bytes, as Redis stores them: str is encoded as UTF-8."""
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"storage values are str or bytes, not {type(value).__name__}")
 
 
 def make_storage_object(config: Any, reactor: IReactorTime) -> MemoryStorage:
