@@ -1,0 +1,268 @@
+"""
+The Redis storage object: shared sets, pub/sub, and many fws processes acting as one server.
+
+Activate it with ``STORAGE_OBJECT_MODULE=fws.storage_objects.redis`` (or the
+legacy ``filtered_websocket.storage_objects.redis``, or ``--storage``); then
+``-h`` lists the ``--redis_*`` options below.
+
+Keys and channels (``K`` is ``--redis_key``, default ``fws``):
+
+=============================  ==========================================================
+``K:<key>``                    the sets behind ``storage_object.get/add/remove``
+``K:group:<name>``             ids of the members of token group ``<name>``, all nodes
+``K:node:<id>``                a node's liveness key, expiring ``--redis_node_ttl`` s
+                               after the node stops refreshing it
+``K:node:<id>:groups``         the groups a node has members in (for clean-up)
+``K:nodes``                    ids of the nodes that may have members
+channel ``K:bus``              broadcasts relayed between nodes (internal)
+``--redis_channels``           the user's channels (default ``global``), fed to the
+                               consumer chain; glob patterns (``news.*``) use PSUBSCRIBE
+=============================  ==========================================================
+
+Delivery: a broadcast is written to local users at once and relayed once on
+``K:bus``; every other node delivers it to its own users (or group members),
+so each user gets it exactly once, in the sender's order, and never the
+sender.  While Redis is down, local delivery goes on and relays fail fast
+(counted and logged); pub/sub messages published during an outage are lost
+(Redis pub/sub keeps nothing).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from fws.config import ConfigError, Option
+from fws.redis_service import RedisAddress, RedisService, RedisUnavailable, parse_redis_url
+
+log = Logger()
+
+OPTIONS: tuple[Option, ...] = (
+    Option("redis_host", "Redis host", "str", "localhost", (), "HOST"),
+    Option("redis_port", "Redis port", "int", 6379, (), "PORT"),
+    Option("redis_channels", "pub/sub channels (or glob patterns) fed to the consumer chain",
+           "list", ("global",), (), "CHANNEL"),
+    Option("redis_key", "prefix of every key and internal channel fws uses", "str", "fws", (),
+           "PREFIX"),
+    Option("redis_db", "Redis database number", "int", 0, (), "N"),
+    Option("redis_username", "Redis ACL user name", "str", None, (), "USER"),
+    Option("redis_password", "Redis password (better: $FWS_REDIS_PASSWORD, or in the URL)",
+           "str", None, (), "PASSWORD"),
+    Option("redis_url", "redis://[user:password@]host:port/db, rediss://... (TLS) or "
+           "unix:///path/redis.sock?db=N; overrides host, port, db and credentials",
+           "str", None, (), "URL"),
+    Option("redis_node_ttl", "seconds after which the token-group members of a node that died "
+           "are removed", "float", 15.0, (), "SECONDS"),
+)
+
+GLOB = frozenset("*?[")
+
+
+class RedisStorage(MultiService):
+    """:class:`fws.storage_objects.StorageObject` on Redis, plus the node-to-node relay."""
+
+    name = "storage"
+
+    def __init__(self, reactor: Any, address: RedisAddress, channels: Sequence[str], key: str,
+                 node_ttl: float = 15.0) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self.key = key
+        self.bus = f"{key}:bus".encode()
+        self.node_ttl = node_ttl
+        user = [c.encode("utf-8") for c in channels]
+        self.redis = RedisService(
+            reactor, address,
+            channels=[self.bus, *(c for c in user if not GLOB & set(c.decode()))],
+            patterns=[c for c in user if GLOB & set(c.decode())],
+            on_message=self._on_message,
+            on_commands_up=self._restore,
+        )
+        self.redis.setServiceParent(self)
+        self._server: Any = None
+        self.node_id = ""
+        self._relay_failures = 0
+        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat.clock = reactor
+
+    # --- wiring ------------------------------------------------------------------------
+
+    def attach(self, server: Any) -> None:
+        self._server = server
+        self.node_id = server.node_id
+
+    def startService(self) -> None:
+        super().startService()
+        self._heartbeat.start(max(self.node_ttl / 3.0, 0.1), now=False)
+
+    async def _stop(self) -> None:
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+        if self.redis.commands_connected:
+            # Graceful stop: this node's members leave now, not after the TTL.
+            cleanup = self._forget_node(self.node_id)
+            cleanup.addTimeout(2.0, self._reactor)
+            try:
+                await cleanup
+            except Exception:
+                log.warn("could not remove this node's group members from Redis on stop")
+        await MultiService.stopService(self)
+
+    def stopService(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._stop())
+
+    @property
+    def ready(self) -> bool:
+        return self.redis.ready
+
+    # --- the storage object API ----------------------------------------------------------
+
+    def _k(self, key: str) -> str:
+        return f"{self.key}:{key}"
+
+    def get(self, key: str) -> Deferred[set[bytes]]:
+        return self.redis.execute("smembers", self._k(key)).addCallback(lambda r: set(r or ()))
+
+    def add(self, key: str, value: str | bytes) -> Deferred[bool]:
+        return self.redis.execute("sadd", self._k(key), [value]).addCallback(bool)
+
+    def remove(self, key: str, value: str | bytes) -> Deferred[bool]:
+        return self.redis.execute("srem", self._k(key), [value]).addCallback(bool)
+
+    def publish(self, channel: str, data: str | bytes) -> Deferred[int]:
+        """Publish on a channel as any Redis client would (no key prefix, no envelope)."""
+        return self.redis.execute("publish", channel, data)
+
+    # --- one logical server --------------------------------------------------------------
+
+    def relay(self, group: str | None, exclude_id: str | None, is_binary: bool, payload: bytes) -> None:
+        """Hand a broadcast to the other nodes (the factory already delivered it here)."""
+        header = json.dumps([self.node_id, group, exclude_id, is_binary], separators=(",", ":"))
+        d = self.redis.execute("publish", self.bus, header.encode() + b"\n" + payload)
+        d.addErrback(self._relay_failed)
+
+    def _relay_failed(self, failure: Any) -> None:
+        self._relay_failures += 1
+        if self._relay_failures == 1 or self._relay_failures % 1000 == 0:
+            log.warn("could not relay broadcasts to other nodes ({count} so far): {reason}",
+                     count=self._relay_failures, reason=failure.getErrorMessage())
+
+    def _on_message(self, channel: bytes, data: bytes, pattern: bytes | None) -> None:
+        server = self._server
+        if server is None:
+            return
+        if channel == self.bus and pattern is None:
+            header, sep, payload = data.partition(b"\n")
+            try:
+                origin, group, exclude_id, is_binary = json.loads(header)
+            except ValueError:
+                log.warn("ignoring a malformed message on {bus}", bus=self.bus.decode())
+                return
+            if origin != self.node_id:
+                server.deliver_relayed(group, exclude_id, bool(is_binary), payload)
+            return
+        server.deliver_pubsub(
+            channel.decode("utf-8", "backslashreplace"), data,
+            pattern.decode("utf-8", "backslashreplace") if pattern is not None else None,
+        )
+
+    def member_joined(self, group: str, member_id: str) -> None:
+        self._quietly(gatherResults([
+            self.redis.execute("sadd", self._k(f"group:{group}"), [member_id]),
+            self.redis.execute("sadd", self._k(f"node:{self.node_id}:groups"), [group]),
+        ], consumeErrors=True))
+
+    def member_left(self, group: str, member_id: str) -> None:
+        self._quietly(self.redis.execute("srem", self._k(f"group:{group}"), [member_id]))
+
+    def _quietly(self, d: Deferred[Any]) -> None:
+        # While Redis is down these fail fast; _restore() rewrites membership when it is back.
+        d.addErrback(lambda f: log.debug("group membership update failed: {f}", f=f.getErrorMessage()))
+
+    def _restore(self) -> None:
+        """The command connection is (back) up: Redis may have restarted empty."""
+        server = self._server
+        if server is None:
+            return
+        commands = [
+            self.redis.execute("set", self._k(f"node:{self.node_id}"), b"1", int(self.node_ttl) or 1),
+            self.redis.execute("sadd", self._k("nodes"), [self.node_id]),
+        ]
+        for group, members in list(server.groups.items()):
+            if members:
+                commands.append(self.redis.execute("sadd", self._k(f"group:{group}"), list(members)))
+                commands.append(self.redis.execute("sadd", self._k(f"node:{self.node_id}:groups"),
+                                                   [group]))
+        self._quietly(gatherResults(commands, consumeErrors=True))
+
+    def _beat(self) -> Deferred[None] | None:
+        if not self.redis.commands_connected or self._server is None:
+            return None
+        d = Deferred.fromCoroutine(self._refresh_and_sweep())
+        d.addErrback(lambda f: log.debug("node heartbeat failed: {f}", f=f.getErrorMessage()))
+        return None
+
+    async def _refresh_and_sweep(self) -> None:
+        execute = self.redis.execute
+        alive = await execute("set", self._k(f"node:{self.node_id}"), b"1", int(self.node_ttl) or 1)
+        del alive
+        await execute("sadd", self._k("nodes"), [self.node_id])
+        for node in await execute("smembers", self._k("nodes")):
+            node_id = node.decode("utf-8", "replace")
+            if node_id != self.node_id and not await execute("exists", self._k(f"node:{node_id}")):
+                log.info("node {node} stopped refreshing its liveness key; removing its group "
+                         "members", node=node_id)
+                await self._forget_node(node_id)
+
+    def _forget_node(self, node_id: str) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._forget(node_id))
+
+    async def _forget(self, node_id: str) -> None:
+        execute = self.redis.execute
+        prefix = f"{node_id}-".encode()
+        groups_key = self._k(f"node:{node_id}:groups")
+        for group in await execute("smembers", groups_key):
+            key = self._k(f"group:{group.decode('utf-8', 'replace')}")
+            members = [m for m in await execute("smembers", key) if m.startswith(prefix)]
+            if members:
+                await execute("srem", key, members)
+        await execute("delete", [groups_key, self._k(f"node:{node_id}")])
+        await execute("srem", self._k("nodes"), [node_id])
+
+
+def make_storage_object(config: Any, reactor: Any) -> RedisStorage:
+    """Storage-module entry point: build (not start) the Redis storage object."""
+    options = config.storage_options
+    url = options.get("redis_url")
+    if url:
+        try:
+            address = parse_redis_url(url)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    else:
+        port = options.get("redis_port") or 6379
+        if not 0 < port < 65536:
+            raise ConfigError(f"redis_port must be between 1 and 65535, not {port}")
+        address = RedisAddress(
+            host=options.get("redis_host") or "localhost", port=port,
+            db=options.get("redis_db") or 0, username=options.get("redis_username"),
+            password=options.get("redis_password"),
+        )
+    key = options.get("redis_key") or "fws"
+    channels = tuple(options.get("redis_channels") or ())
+    if f"{key}:bus" in channels:
+        raise ConfigError(f"channel {key}:bus is fws's own relay channel; pick another name")
+    ttl = options.get("redis_node_ttl")
+    ttl = 15.0 if ttl is None else float(ttl)
+    if ttl < 1:
+        raise ConfigError("redis_node_ttl must be at least 1 second")
+    return RedisStorage(reactor, address, channels, key, ttl)
+
+
+__all__ = ["OPTIONS", "RedisStorage", "RedisUnavailable", "make_storage_object"]

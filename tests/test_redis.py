@@ -1,0 +1,257 @@
+"""
+Redis storage, pub/sub and multi-node delivery, in process: real fws servers
+on loopback ports, real Autobahn clients, and a private redis-server that the
+tests kill and restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.task import deferLater
+
+from fws.config import resolve
+from tests.helpers import Server
+from tests.redis_support import RedisProcess
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path).start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def redis_config(redis: RedisProcess, *extra: str) -> dict[str, Any]:
+    config = resolve(["--storage", "fws.storage_objects.redis", "--redis_port", str(redis.port),
+                      "--redis-host", "127.0.0.1", *extra], environ={})
+    assert config is not None
+    return {"storage": config.storage, "storage_options": config.storage_options}
+
+
+async def wait_for(reactor: Any, predicate: Any, timeout: float = 10.0, what: str = "") -> None:
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+async def recv(client: Any, reactor: Any, timeout: float = 5.0) -> tuple[bytes, bool]:
+    d = client.factory.messages.get()
+    d.addTimeout(timeout, reactor)
+    result: tuple[bytes, bool] = await d
+    return result
+
+
+async def silent(client: Any, reactor: Any, wait: float = 0.3) -> None:
+    await deferLater(reactor, wait, lambda: None)
+    assert client.factory.messages.pending == []
+
+
+def ready(server: Server) -> bool:
+    return bool(server.factory.storage_object.ready)
+
+
+@pytest_twisted.ensureDeferred
+async def test_pubsub_reaches_every_client_binary_intact(reactor: Any, redis: RedisProcess) -> None:
+    server = Server(reactor, ["fws.filters.broadcast_pubsub"], **redis_config(redis)).start()
+    try:
+        await wait_for(reactor, lambda: ready(server), what="redis ready")
+        a, b = await server.connect(), await server.connect()
+        assert redis.publish("global", "hello from the server!") == 1
+        assert await recv(a, reactor) == (b"hello from the server!", False)
+        assert await recv(b, reactor) == (b"hello from the server!", False)
+        redis.publish("global", b"\xff\x00\r\n$3\r\n007")
+        assert await recv(a, reactor) == (b"\xff\x00\r\n$3\r\n007", True)
+        assert await recv(b, reactor) == (b"\xff\x00\r\n$3\r\n007", True)
+        redis.publish("elsewhere", "not subscribed")
+        await silent(a, reactor)
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_custom_channels_and_patterns(reactor: Any, redis: RedisProcess) -> None:
+    config = redis_config(redis, "--redis_channels", "news", "alerts.*")
+    server = Server(reactor, ["fws.filters.broadcast_pubsub"], **config).start()
+    try:
+        await wait_for(reactor, lambda: ready(server), what="redis ready")
+        a = await server.connect()
+        redis.publish("global", "default channel not subscribed")
+        redis.publish("news", "n1")
+        redis.publish("alerts.fire", "a1")
+        assert await recv(a, reactor) == (b"n1", False)
+        assert await recv(a, reactor) == (b"a1", False)
+        await silent(a, reactor)
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_storage_object_is_binary_safe_and_prefixed(reactor: Any, redis: RedisProcess) -> None:
+    server = Server(reactor, ["fws.filters.echo"], **redis_config(redis, "--redis_key", "app")).start()
+    try:
+        await wait_for(reactor, lambda: ready(server), what="redis ready")
+        store = server.factory.storage_object
+        assert await store.add("k", b"007") is True
+        assert await store.add("k", b"007") is False
+        assert await store.add("k", "\xe9t\xe9") is True
+        assert await store.add("k", b"\xff\x00") is True
+        assert await store.get("k") == {b"007", "été".encode(), b"\xff\x00"}
+        assert await store.remove("k", b"007") is True
+        assert await store.remove("k", b"007") is False
+        assert redis.command("SCARD", "app:k") == b":2"
+        assert await store.publish("global", "x") == 1  # the node's own subscriber
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_nodes_act_as_one_server(reactor: Any, redis: RedisProcess) -> None:
+    filters = ["fws.filters.broadcast_messages"]
+    nodes = [Server(reactor, filters, **redis_config(redis)).start() for _ in range(3)]
+    try:
+        await wait_for(reactor, lambda: all(ready(n) for n in nodes), what="redis ready")
+        ids = {n.factory.node_id for n in nodes}
+        assert len(ids) == 3
+        clients = [[await n.connect() for _ in range(2)] for n in nodes]
+        sender = clients[0][0]
+        for i in range(50):
+            sender.send(f"m{i}")
+        everyone_else = [c for group in clients for c in group if c is not sender]
+        for client in everyone_else:
+            got = [await recv(client, reactor) for _ in range(50)]
+            assert got == [(f"m{i}".encode(), False) for i in range(50)]
+        for client in [sender, *everyone_else]:
+            await silent(client, reactor, 0.1)
+        clients[2][1].send(b"\x00binary")
+        for client in [c for group in clients for c in group if c is not clients[2][1]]:
+            assert await recv(client, reactor) == (b"\x00binary", True)
+    finally:
+        for n in nodes:
+            await n.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_groups_span_nodes(reactor: Any, redis: RedisProcess) -> None:
+    filters = ["fws.filters.broadcast_messages_by_token"]
+    one = Server(reactor, filters, **redis_config(redis)).start()
+    two = Server(reactor, filters, **redis_config(redis)).start()
+    try:
+        await wait_for(reactor, lambda: ready(one) and ready(two), what="redis ready")
+        a, b = await one.connect(), await one.connect()
+        c, d = await two.connect(), await two.connect()
+        for client, group in ((a, "red"), (b, "blue"), (c, "red"), (d, "blue")):
+            client.send(f"token:{group}")
+            assert (await recv(client, reactor))[0].endswith(group.encode())
+        a.send("for red")
+        assert await recv(c, reactor) == (b"for red", False)
+        d.send("for blue")
+        assert await recv(b, reactor) == (b"for blue", False)
+        for client in (a, b, c, d):
+            await silent(client, reactor, 0.1)
+        await wait_for(reactor, lambda: redis.command("SCARD", "fws:group:red") == b":2",
+                       what="red has two members in Redis")
+        c.send("token:blue")  # moves
+        await recv(c, reactor)
+        a.send("red again")
+        d.send("blue again")
+        assert await recv(b, reactor) == (b"blue again", False)
+        assert await recv(c, reactor) == (b"blue again", False)
+        await silent(c, reactor, 0.1)
+        await wait_for(reactor, lambda: redis.command("SCARD", "fws:group:blue") == b":3",
+                       what="blue has three members")
+    finally:
+        await one.stop()
+        await two.stop()
+    # graceful stops took every member and node key with them
+    assert redis.command("SCARD", "fws:group:blue") == b":0"
+    assert redis.command("SCARD", "fws:nodes") == b":0"
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_restart_restores_subscriptions_commands_and_groups(
+    reactor: Any, redis: RedisProcess
+) -> None:
+    filters = ["fws.filters.broadcast_messages_by_token", "fws.filters.broadcast_pubsub"]
+    one = Server(reactor, filters, **redis_config(redis)).start()
+    two = Server(reactor, filters, **redis_config(redis)).start()
+    try:
+        await wait_for(reactor, lambda: ready(one) and ready(two), what="redis ready")
+        a, b = await one.connect(), await two.connect()
+        for client in (a, b):
+            client.send("token:room")
+            await recv(client, reactor)
+        await wait_for(reactor, lambda: redis.command("SCARD", "fws:group:room") == b":2",
+                       what="members stored")
+        redis.kill()
+        await wait_for(reactor, lambda: not ready(one) and not ready(two), what="outage noticed")
+        a.send("during the outage")  # local delivery only: b is on the other node
+        await silent(b, reactor, 0.2)
+        store = one.factory.storage_object
+        with pytest.raises(Exception, match="not connected"):
+            await store.get("anything")  # fails fast instead of queueing
+        redis.start()
+        await wait_for(reactor, lambda: ready(one) and ready(two), timeout=5, what="reconnect")
+        await wait_for(reactor, lambda: redis.command("SCARD", "fws:group:room") == b":2",
+                       what="membership restored")
+        a.send("after")
+        assert await recv(b, reactor) == (b"after", False)
+        redis.publish("global", "pubsub back")
+        assert await recv(a, reactor) == (b"pubsub back", False)
+        assert await recv(b, reactor) == (b"pubsub back", False)
+    finally:
+        await one.stop()
+        await two.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_starts_without_redis_and_connects_when_it_appears(
+    reactor: Any, tmp_path: Path
+) -> None:
+    redis = RedisProcess(tmp_path)  # not started yet
+    server = Server(reactor, ["fws.filters.broadcast_messages", "fws.filters.broadcast_pubsub"],
+                    **redis_config(redis)).start()
+    try:
+        a, b = await server.connect(), await server.connect()
+        a.send("local delivery works")
+        assert await recv(b, reactor) == (b"local delivery works", False)
+        redis.start()
+        await wait_for(reactor, lambda: ready(server), timeout=5, what="connected")
+        redis.publish("global", "now with redis")
+        assert await recv(a, reactor) == (b"now with redis", False)
+    finally:
+        await server.stop()
+        redis.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dead_nodes_members_expire(reactor: Any, redis: RedisProcess) -> None:
+    filters = ["fws.filters.broadcast_messages_by_token"]
+    config = redis_config(redis, "--redis_node_ttl", "1")
+    dying = Server(reactor, filters, **config).start()
+    survivor = Server(reactor, filters, **config).start()
+    try:
+        await wait_for(reactor, lambda: ready(dying) and ready(survivor), what="redis ready")
+        a = await dying.connect()
+        a.send("token:room")
+        await recv(a, reactor)
+        await wait_for(reactor, lambda: redis.command("SCARD", "fws:group:room") == b":1",
+                       what="member stored")
+        # Die without saying goodbye: stop heartbeats and drop the Redis connections.
+        storage = dying.factory.storage_object
+        storage._heartbeat.stop()
+        await storage.redis.stopService()
+        await wait_for(reactor, lambda: redis.command("SCARD", "fws:group:room") == b":0",
+                       timeout=5, what="the dead node's member removed")
+        assert redis.command("SISMEMBER", "fws:nodes", dying.factory.node_id) == b":0"
+    finally:
+        await survivor.stop()
+        await dying.stop()
