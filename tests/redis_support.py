@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -24,6 +25,8 @@ class RedisProcess:
     def __init__(self, directory: Path, port: int | None = None) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
+            if os.environ.get("CI"):
+                pytest.fail("redis-server is not installed; .ci/run should have installed it")
             pytest.skip("redis-server is not installed (.ci/run installs it)")
         self.exe = exe
         self.directory = directory
