@@ -143,7 +143,13 @@ class FwsServerFactory(WebSocketServerFactory):
         :returns: How many connections it was written to.
         """
         data, binary = normalize_payload(payload, isBinary)
-        targets = tuple(self.users.values() if recipients is None else recipients)
+        return self._send_all(data, binary, exclude,
+                              self.users.values() if recipients is None else recipients)
+
+    def _send_all(self, data: bytes, binary: bool, exclude: FwsServerProtocol | None,
+                  recipients: Iterable[FwsServerProtocol]) -> int:
+        """Frame once, write to every open recipient but ``exclude``."""
+        targets = tuple(recipients)
         if not targets:
             return 0
         prepared = self.prepareMessage(data, binary)
@@ -169,7 +175,7 @@ class FwsServerFactory(WebSocketServerFactory):
         :returns: How many local connections it was written to.
         """
         data, binary = normalize_payload(payload, isBinary)
-        sent = self.broadcast(data, binary, exclude=exclude)
+        sent = self._send_all(data, binary, exclude, self.users.values())
         if self._relay is not None:
             self._relay(None, exclude.id if exclude is not None else None, binary, data)
         return sent
@@ -189,7 +195,7 @@ class FwsServerFactory(WebSocketServerFactory):
         """
         data, binary = normalize_payload(payload, isBinary)
         members = self.groups.get(group)
-        sent = self.broadcast(data, binary, exclude=exclude, recipients=members.values()) if members else 0
+        sent = self._send_all(data, binary, exclude, members.values()) if members else 0
         if self._relay is not None:
             self._relay(group, exclude.id if exclude is not None else None, binary, data)
         return sent
@@ -211,7 +217,7 @@ class FwsServerFactory(WebSocketServerFactory):
                 return 0
             recipients = members.values()
         exclude = self.users.get(exclude_id) if exclude_id is not None else None
-        return self.broadcast(payload, is_binary, exclude=exclude, recipients=recipients)
+        return self._send_all(payload, is_binary, exclude, recipients)
 
     # --- pub/sub -------------------------------------------------------------------------
 

@@ -1,0 +1,41 @@
+#!/bin/bash
+# Run fws side by side with the peers of the shared harness, in one interleaved run.
+#
+#   benchmarks/run.sh [SERVERS] [SCENARIOS] [REPS]
+#   benchmarks/run.sh fws,fws-redis,ab-prepared,node-ws fanout-1000-64 3     (the default)
+#
+# The harness (../shared/bench, or $FWS_BENCH_HARNESS) is copied to $FWS_BENCH_DIR
+# (default /tmp/fws-bench) so that a read-only checkout of it works; the fws
+# entries of benchmarks/servers.txt are added to its servers.txt. The report
+# (ratios need one run: compare rows of the same TAG) goes to
+# benchmarks/results/TAG.md.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+harness=${FWS_BENCH_HARNESS:-$root/../shared/bench}
+work=${FWS_BENCH_DIR:-/tmp/fws-bench}
+python=${FWS_PYTHON:-$(command -v python3)}
+servers=${1:-fws,fws-redis,ab-prepared,node-ws}
+scenarios=${2:-fanout-1000-64}
+reps=${3:-3}
+tag=${TAG:-fws-$(date +%Y%m%d-%H%M%S)}
+
+"$python" -c 'import fws' 2>/dev/null || { echo "run.sh: fws is not installed in $python" >&2; exit 2; }
+command -v redis-server >/dev/null || { echo "run.sh: redis-server is needed for fws-redis" >&2; exit 2; }
+mkdir -p "$work"
+cp -r "$harness"/. "$work"/
+(cd "$work" && ./setup.sh >/dev/null)
+grep -v '^fws' "$work/servers.txt" > "$work/servers.txt.new" || true
+sed -e "s|@HERE@|$here|g" -e "s|@PYTHON@|$python|g" "$here/servers.txt" | grep -v '^#' >> "$work/servers.txt.new"
+mv "$work/servers.txt.new" "$work/servers.txt"
+(cd "$work" && TAG="$tag" ./run.sh "$servers" "$scenarios" "$reps")
+mkdir -p "$here/results"
+{
+    echo "# $tag"
+    echo
+    echo "Machine: $(nproc) cores, $(uname -sr), $("$python" --version 2>&1); $(date -u +%Y-%m-%d)."
+    echo "Command: benchmarks/run.sh $servers $scenarios $reps"
+    echo
+    (cd "$work" && TAG="$tag" ./run.sh report)
+} > "$here/results/$tag.md"
+echo "report: benchmarks/results/$tag.md"
