@@ -53,6 +53,8 @@ class Option:
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
     env: str | None = None
+    #: List ``--name_with_underscores`` before the dashed form in ``-h`` (the 2014 spelling).
+    underscore_first: bool = False
 
     @property
     def env_var(self) -> str:
@@ -63,7 +65,7 @@ class Option:
         dashed = "--" + self.name.replace("_", "-")
         under = "--" + self.name
         strings = list(self.flags)
-        for s in (dashed, under):
+        for s in ((under, dashed) if self.underscore_first else (dashed, under)):
             if s not in strings:
                 strings.append(s)
         return strings
@@ -148,7 +150,12 @@ def build_parser(prog: str, extra: Sequence[Option] = (), add_help: bool = True)
         "in the -c JSON file; the command line wins over both.",
     )
     for opt in (*CORE_OPTIONS, *extra):
-        kwargs: dict[str, Any] = {"dest": opt.name, "default": argparse.SUPPRESS, "help": opt.help}
+        shown = opt.default
+        if isinstance(shown, tuple):
+            shown = " ".join(shown)
+        text = f"{opt.help} (default: {shown})" if shown not in (None, "", False) else opt.help
+        kwargs: dict[str, Any] = {"dest": opt.name, "default": argparse.SUPPRESS,
+                                  "help": text.replace("%", "%%")}
         if opt.kind == "flag":
             kwargs["action"] = "store_true"
         else:

@@ -43,22 +43,26 @@ from fws.redis_service import RedisAddress, RedisService, RedisUnavailable, pars
 
 log = Logger()
 
+def _redis_option(name: str, help: str, kind: str, default: Any, metavar: str) -> Option:
+    return Option(name, help, kind, default, (), metavar, underscore_first=True)
+
+
 OPTIONS: tuple[Option, ...] = (
-    Option("redis_host", "Redis host", "str", "localhost", (), "HOST"),
-    Option("redis_port", "Redis port", "int", 6379, (), "PORT"),
-    Option("redis_channels", "pub/sub channels (or glob patterns) fed to the consumer chain",
-           "list", ("global",), (), "CHANNEL"),
-    Option("redis_key", "prefix of every key and internal channel fws uses", "str", "fws", (),
-           "PREFIX"),
-    Option("redis_db", "Redis database number", "int", 0, (), "N"),
-    Option("redis_username", "Redis ACL user name", "str", None, (), "USER"),
-    Option("redis_password", "Redis password (better: $FWS_REDIS_PASSWORD, or in the URL)",
-           "str", None, (), "PASSWORD"),
-    Option("redis_url", "redis://[user:password@]host:port/db, rediss://... (TLS) or "
-           "unix:///path/redis.sock?db=N; overrides host, port, db and credentials",
-           "str", None, (), "URL"),
-    Option("redis_node_ttl", "seconds after which the token-group members of a node that died "
-           "are removed", "float", 15.0, (), "SECONDS"),
+    _redis_option("redis_host", "Redis host", "str", "localhost", "HOST"),
+    _redis_option("redis_port", "Redis port", "int", 6379, "PORT"),
+    _redis_option("redis_channels", "pub/sub channels (or glob patterns such as news.*) fed to "
+                  "the consumer chain", "list", ("global",), "CHANNEL"),
+    _redis_option("redis_key", "prefix of every key and internal channel fws uses", "str",
+                  "fws", "PREFIX"),
+    _redis_option("redis_db", "Redis database number", "int", 0, "N"),
+    _redis_option("redis_username", "Redis ACL user name", "str", None, "USER"),
+    _redis_option("redis_password", "Redis password (better: $FWS_REDIS_PASSWORD, or in the "
+                  "URL)", "str", None, "PASSWORD"),
+    _redis_option("redis_url", "redis://[user:password@]host:port/db, rediss://... (TLS) or "
+                  "unix:///path/redis.sock?db=N; overrides host, port, db and credentials",
+                  "str", None, "URL"),
+    _redis_option("redis_node_ttl", "seconds after which the token-group members of a node "
+                  "that died are removed", "float", 15.0, "SECONDS"),
 )
 
 GLOB = frozenset("*?[")
