@@ -255,3 +255,78 @@ async def test_a_dead_nodes_members_expire(reactor: Any, redis: RedisProcess) ->
     finally:
         await survivor.stop()
         await dying.stop()
+
+
+# --- options and URLs (pure) ---------------------------------------------------------------
+
+from fws.config import ConfigError  # noqa: E402
+from fws.redis_service import RedisAddress, parse_redis_url  # noqa: E402
+
+
+def test_redis_options_appear_only_with_redis_storage() -> None:
+    shown: list[str] = []
+    resolve(["-h"], environ={}, print_help=shown.append)
+    assert "redis" not in shown[0]
+    resolve(["-h"], environ={"STORAGE_OBJECT_MODULE": "filtered_websocket.storage_objects.redis"},
+            print_help=shown.append)
+    for text in ("--redis_host", "--redis_port", "--redis_channels", "(default: global)",
+                 "--redis_key", "(default: fws)", "--redis_password", "--redis_db", "--redis_url",
+                 "--redis-host"):
+        assert text in shown[1]
+
+
+def test_redis_options_from_file_env_and_command_line(tmp_path: Path) -> None:
+    path = tmp_path / "fws.json"
+    path.write_text('{"storage": "fws.storage_objects.redis", "redis_host": "cache", '
+                    '"redis-channels": ["a", "b"], "redis_key": "app"}')
+    config = resolve(["-c", str(path), "--redis_port", "7000"],
+                     environ={"FWS_REDIS_PASSWORD": "s3cret"})
+    assert config is not None and config.storage == "fws.storage_objects.redis"
+    opts = config.storage_options
+    assert (opts["redis_host"], opts["redis_port"], opts["redis_channels"], opts["redis_key"],
+            opts["redis_password"]) == ("cache", 7000, ("a", "b"), "app", "s3cret")
+    defaults = resolve(["--storage", "fws.storage_objects.redis"], environ={})
+    assert defaults is not None
+    assert defaults.storage_options["redis_channels"] == ("global",)
+    assert defaults.storage_options["redis_key"] == "fws"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://localhost", RedisAddress()),
+        ("redis://:pw@cache:6380/2", RedisAddress(host="cache", port=6380, db=2, password="pw")),
+        ("redis://user:p%40ss@[::1]:7000/0",
+         RedisAddress(host="::1", port=7000, username="user", password="p@ss")),
+        ("rediss://cache/1", RedisAddress(host="cache", db=1, tls=True)),
+        ("unix:///run/redis.sock?db=3", RedisAddress(path="/run/redis.sock", db=3)),
+    ],
+)
+def test_parse_redis_url(url: str, expected: RedisAddress) -> None:
+    assert parse_redis_url(url) == expected
+    if expected.password:
+        assert expected.password not in parse_redis_url(url).describe()  # logs never show it
+
+
+@pytest.mark.parametrize("url", ["http://x", "redis://", "redis://h/notanumber", "unix://",
+                                 "redis://h:99999"])
+def test_bad_redis_urls_are_config_errors(url: str, reactor: Any) -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from fws.service import make_service
+
+    config = resolve(["--storage", "fws.storage_objects.redis", "--redis_url", url], environ={})
+    assert config is not None
+    with pytest.raises(ConfigError) as info:
+        make_service(config, MemoryReactorClock())
+    assert "Redis URL" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_subscriber_uses_hiredis_when_installed() -> None:
+    import txredisapi
+
+    from fws.redis_service import _SubscriberProtocol
+
+    hiredis = pytest.importorskip("hiredis")
+    assert hiredis is not None
+    assert issubclass(_SubscriberProtocol, txredisapi.HiredisProtocol)
