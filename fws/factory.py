@@ -81,6 +81,10 @@ class FwsServerFactory(WebSocketServerFactory):
         self._member_left = getattr(storage_object, "member_left", None)
         storage_object.attach(self)
 
+    def startFactory(self) -> None:
+        super().startFactory()
+        self._log.info("fws node {node_id}: connection ids are {node_id}-<n>", node_id=self.node_id)
+
     def buildProtocol(self, addr: Any) -> FwsServerProtocol:
         proto: FwsServerProtocol = super().buildProtocol(addr)
         proto.id = f"{self.node_id}-{next(self._ids)}"
