@@ -1,0 +1,85 @@
+"""The documentation builds without warnings, and what it shows is real."""
+
+from __future__ import annotations
+
+import configparser
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from fws.pipeline import load_pipeline
+from tests.helpers import Server
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def test_docs_build_without_warnings(tmp_path: Path) -> None:
+    build = pytest.importorskip("sphinx.cmd.build")
+    status = build.build_main(["-W", "--keep-going", "-q", "-b", "html", str(ROOT / "docs"),
+                               str(tmp_path / "html")])
+    assert status == 0
+    html = (tmp_path / "html" / "configuration.html").read_text()
+    assert "--redis_channels" in html and "FWS_PORT" in html  # the option tables are generated
+
+
+def test_systemd_unit() -> None:
+    unit = ROOT / "docs" / "deploy" / "fws.service"
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(unit)
+    assert set(parser.sections()) == {"Unit", "Service", "Install"}
+    exec_start = parser["Service"]["ExecStart"]
+    assert "twistd --nodaemon --pidfile= fws" in exec_start
+    assert parser["Service"]["DynamicUser"] == "yes"
+    assert parser["Service"]["ProtectSystem"] == "strict"
+    assert parser["Install"]["WantedBy"] == "multi-user.target"
+    # the options in ExecStart are real fws options
+    from fws.config import resolve
+
+    args = exec_start.replace("\\\n", " ").split(" fws ", 1)[1].split()
+    config = resolve(args, environ={})
+    assert config is not None and config.storage == "fws.storage_objects.redis"
+    analyze = shutil.which("systemd-analyze")
+    if analyze:
+        result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+        problems = [line for line in result.stderr.splitlines()
+                    if "fws.service" in line and "/opt/fws/bin/twistd" not in line]
+        assert not problems, result.stderr
+
+
+@pytest.mark.parametrize("example", sorted(p.stem for p in EXAMPLES.glob("*.py")))
+def test_every_example_defines_filters(example: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(EXAMPLES)
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    pipeline = load_pipeline([example])
+    assert any(pipeline.describe().values())
+
+
+@pytest_twisted.ensureDeferred
+async def test_shout_example_changes_what_is_broadcast(reactor: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    server = Server(reactor, ["shout", "fws.filters.broadcast_messages"]).start()
+    try:
+        a, b = await server.connect(), await server.connect()
+        a.send("   ")
+        a.send("hello")
+        a.send(b"bin")
+        assert await b.recv() == (b"HELLO", False)
+        assert await b.recv() == (b"bin", True)
+    finally:
+        await server.stop()
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert ".venv/bin/python -m pytest" in readme and ".venv/bin/python -m pytest" in ci
+    assert "pip install -e '.[test]'" in readme and "pip install -q -e '.[test]'" in ci
+    assert sys.version_info >= (3, 11)
