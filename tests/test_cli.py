@@ -87,6 +87,7 @@ def test_default_filters_broadcast_and_print(procs: list[FwsProcess]) -> None:
 
 def test_default_port_is_9000(procs: list[FwsProcess]) -> None:
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted does
         try:
             probe.bind(("0.0.0.0", 9000))
         except OSError:
