@@ -251,7 +251,11 @@ async def test_a_dead_nodes_members_expire(reactor: Any, redis: RedisProcess) ->
         await storage.redis.stopService()
         await wait_for(reactor, lambda: redis.command("SCARD", "fws:group:room") == b":0",
                        timeout=5, what="the dead node's member removed")
-        assert redis.command("SISMEMBER", "fws:nodes", dying.factory.node_id) == b":0"
+        # the sweep then forgets the node itself
+        await wait_for(reactor, lambda: redis.command("SISMEMBER", "fws:nodes",
+                                                      dying.factory.node_id) == b":0",
+                       timeout=2, what="the dead node forgotten")
+        assert redis.command("EXISTS", f"fws:node:{dying.factory.node_id}:groups") == b":0"
     finally:
         await survivor.stop()
         await dying.stop()
