@@ -143,7 +143,7 @@ def test_token_groups_across_nodes_and_a_killed_node(redis: RedisProcess, nodes:
                      timeout=5)
         [left] = r.smembers("fws:group:room")
         assert left.decode().startswith(survivor + "-")
-        assert not r.sismember("fws:nodes", dead)
+        two.wait_for(lambda: not r.sismember("fws:nodes", dead), "the dead node forgotten", 2)
         b.send("still here")
         assert_silent(c)
 
