@@ -134,7 +134,7 @@ def test_token_groups_across_nodes_and_a_killed_node(redis: RedisProcess, nodes:
         a.send("hi room")
         assert recv_text(b) == "hi room"
         assert_silent(c)
-        assert r.scard("fws:group:room") == 2
+        two.wait_for(lambda: r.scard("fws:group:room") == 2, "both members stored", 5)
         dead, survivor = node_id(one), node_id(two)
         assert {m.decode().rsplit("-", 1)[0] for m in r.smembers("fws:group:room")} == {
             dead, survivor}
