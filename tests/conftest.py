@@ -1,12 +1,16 @@
-"""Shared fixtures: the reactor pytest-twisted installed, and error-log capture."""
+"""Shared fixtures: the reactor, error-log capture, a private Redis, real fws processes."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from twisted.logger import LogLevel, globalLogPublisher
+
+from tests.processes import FwsProcess
+from tests.redis_support import RedisProcess
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +35,24 @@ def logged_errors() -> Iterator[list[dict[str, Any]]]:
     finally:
         globalLogPublisher.removeObserver(observer)
     assert not events, f"unexpected error log events: {events!r}"
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A private redis-server on a free port, killed after the test."""
+    server = RedisProcess(tmp_path).start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[FwsProcess]]:
+    """Append every process a test starts; each is stopped after the test, pass or fail."""
+    started: list[FwsProcess] = []
+    try:
+        yield started
+    finally:
+        for proc in started:
+            proc.stop()

@@ -11,6 +11,7 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.task import deferLater
 
 from fws.config import Config
 from fws.service import FwsService, make_service
@@ -53,9 +54,17 @@ class Client(WebSocketClientProtocol):
         else:
             self.sendMessage(payload, isBinary=True)
 
-    async def recv(self) -> tuple[bytes, bool]:
-        result: tuple[bytes, bool] = await self.factory.messages.get()
+    async def recv(self, timeout: float = 5.0) -> tuple[bytes, bool]:
+        """The next message as ``(payload, is_binary)``; fails after ``timeout`` seconds."""
+        d = self.factory.messages.get()
+        d.addTimeout(timeout, self.factory.reactor)
+        result: tuple[bytes, bool] = await d
         return result
+
+    async def silent(self, wait: float = 0.2) -> None:
+        """Assert that nothing arrives within ``wait`` seconds."""
+        await deferLater(self.factory.reactor, wait, lambda: None)
+        assert self.factory.messages.pending == []
 
 
 class ClientFactory(WebSocketClientFactory):

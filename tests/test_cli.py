@@ -12,8 +12,6 @@ import socket
 import ssl
 import subprocess
 import textwrap
-from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -24,30 +22,21 @@ from tests.processes import BIN, FwsProcess
 from tests.redis_support import free_port
 
 
-@pytest.fixture
-def procs() -> Iterator[list[FwsProcess]]:
-    started: list[FwsProcess] = []
-    try:
-        yield started
-    finally:
-        for proc in started:
-            proc.stop()
 
-
-def server(procs: list[FwsProcess], *args: str, cwd: Path | None = None,
+def server(processes: list[FwsProcess], *args: str, cwd: Path | None = None,
            env: dict[str, str] | None = None, wait: bool = True) -> FwsProcess:
     proc = FwsProcess([], cwd=cwd, env=env)
     proc.args = ["-p", str(proc.port), "-i", "127.0.0.1", *args]
-    procs.append(proc)
+    processes.append(proc)
     return proc.start(wait=wait)
 
 
-def twistd(procs: list[FwsProcess], *args: str, cwd: Path, port: int | None = None,
+def twistd(processes: list[FwsProcess], *args: str, cwd: Path, port: int | None = None,
            pidfile: bool = False) -> FwsProcess:
     proc = FwsProcess(list(args), cwd=cwd, port=port,
                       command=[str(BIN / "twistd"), "-n", *([] if pidfile else ["--pidfile="]),
                                "fws"])
-    procs.append(proc)
+    processes.append(proc)
     return proc
 
 
@@ -72,8 +61,8 @@ def test_help_lists_the_seed_options() -> None:
         assert option in result.stdout
 
 
-def test_default_filters_broadcast_and_print(procs: list[FwsProcess]) -> None:
-    proc = server(procs)
+def test_default_filters_broadcast_and_print(processes: list[FwsProcess]) -> None:
+    proc = server(processes)
     with connect(proc.url) as a, connect(proc.url) as b:
         a.send("hello")
         assert b.recv(timeout=5) == "hello"
@@ -85,7 +74,7 @@ def test_default_filters_broadcast_and_print(procs: list[FwsProcess]) -> None:
     assert not any("--MESSAGE--" in line for line in proc.stderr)  # logs go to stderr only
 
 
-def test_default_port_is_9000(procs: list[FwsProcess]) -> None:
+def test_default_port_is_9000(processes: list[FwsProcess]) -> None:
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted does
         try:
@@ -93,15 +82,15 @@ def test_default_port_is_9000(procs: list[FwsProcess]) -> None:
         except OSError:
             pytest.skip("port 9000 is taken on this machine")
     proc = FwsProcess([], port=9000)
-    procs.append(proc)
+    processes.append(proc)
     proc.start()
     with connect("ws://127.0.0.1:9000/") as a, connect("ws://127.0.0.1:9000/") as b:
         a.send("on the default port")
         assert b.recv(timeout=5) == "on the default port"
 
 
-def test_seed_rawdata_and_token_command(procs: list[FwsProcess]) -> None:
-    proc = server(procs, "-f", "filtered_websocket.filters.stdout_rawdata",
+def test_seed_rawdata_and_token_command(processes: list[FwsProcess]) -> None:
+    proc = server(processes, "-f", "filtered_websocket.filters.stdout_rawdata",
                   "filtered_websocket.filters.broadcast_messages_by_token")
     with connect(proc.url) as a, connect(proc.url) as b, connect(proc.url) as c:
         a.send("hello")
@@ -141,10 +130,10 @@ SEED_BROADCAST = """
 
 
 @pytest.mark.parametrize("package", ["fws", "filtered_websocket"])
-def test_seed_custom_module_from_current_directory(procs: list[FwsProcess], tmp_path: Path,
+def test_seed_custom_module_from_current_directory(processes: list[FwsProcess], tmp_path: Path,
                                                    package: str) -> None:
     module(tmp_path, "broadcast", SEED_BROADCAST.format(package=package))
-    proc = server(procs, "-f", "broadcast", cwd=tmp_path)
+    proc = server(processes, "-f", "broadcast", cwd=tmp_path)
     with connect(proc.url) as a, connect(proc.url) as b:
         a.send("chat")
         assert a.recv(timeout=5) == "chat"  # the seed's loop includes the sender
@@ -156,7 +145,7 @@ def test_seed_custom_module_from_current_directory(procs: list[FwsProcess], tmp_
         assert b.recv(timeout=5) == b"utf8 but binary"
 
 
-def test_seed_config_file(procs: list[FwsProcess], tmp_path: Path) -> None:
+def test_seed_config_file(processes: list[FwsProcess], tmp_path: Path) -> None:
     port = free_port()
     (tmp_path / "config.json").write_text(textwrap.dedent(f"""\
         # config.json
@@ -167,7 +156,7 @@ def test_seed_config_file(procs: list[FwsProcess], tmp_path: Path) -> None:
         }}
     """))
     proc = FwsProcess(["-c", "config.json"], cwd=tmp_path, port=port)
-    procs.append(proc)
+    processes.append(proc)
     proc.start()
     with connect(proc.url) as a:
         a.send("token:x")
@@ -175,9 +164,9 @@ def test_seed_config_file(procs: list[FwsProcess], tmp_path: Path) -> None:
     proc.wait_for_line("--MESSAGE--")
 
 
-def test_command_line_wins_over_config_file(procs: list[FwsProcess], tmp_path: Path) -> None:
+def test_command_line_wins_over_config_file(processes: list[FwsProcess], tmp_path: Path) -> None:
     (tmp_path / "fws.json").write_text(json.dumps({"port": 1, "filters": ["echo"]}))
-    proc = server(procs, "-c", "fws.json", cwd=tmp_path)  # -p FREE given too
+    proc = server(processes, "-c", "fws.json", cwd=tmp_path)  # -p FREE given too
     with connect(proc.url) as a:
         a.send("echoed")
         assert a.recv(timeout=5) == "echoed"
@@ -197,13 +186,13 @@ POP = """
 
 
 @pytest.mark.parametrize(("order", "printed"), [("before", "hell"), ("after", "hello")])
-def test_mutating_filter_order(procs: list[FwsProcess], tmp_path: Path, order: str,
+def test_mutating_filter_order(processes: list[FwsProcess], tmp_path: Path, order: str,
                                printed: str) -> None:
     module(tmp_path, "pop", POP)
     filters = ["pop", "fws.filters.stdout_messages"]
     if order == "after":
         filters.reverse()
-    proc = server(procs, "-f", *filters, "fws.filters.echo", cwd=tmp_path)
+    proc = server(processes, "-f", *filters, "fws.filters.echo", cwd=tmp_path)
     with connect(proc.url) as a:
         a.send("hello")
         assert a.recv(timeout=5) == "hell"
@@ -211,7 +200,7 @@ def test_mutating_filter_order(procs: list[FwsProcess], tmp_path: Path, order: s
     assert proc.stdout[proc.stdout.index("--MESSAGE--") + 1].endswith(f": {printed}")
 
 
-def test_async_filter_keeps_order_and_errors_are_contained(procs: list[FwsProcess],
+def test_async_filter_keeps_order_and_errors_are_contained(processes: list[FwsProcess],
                                                           tmp_path: Path) -> None:
     module(tmp_path, "jitter", """
         import random
@@ -226,7 +215,7 @@ def test_async_filter_keeps_order_and_errors_are_contained(procs: list[FwsProces
                     raise RuntimeError("filter bug")
                 await deferLater(reactor, random.random() / 100, lambda: None)
     """)
-    proc = server(procs, "-f", "jitter", "broadcast_messages", cwd=tmp_path)
+    proc = server(processes, "-f", "jitter", "broadcast_messages", cwd=tmp_path)
     with connect(proc.url) as a, connect(proc.url) as b:
         for i in range(50):
             a.send(f"m{i}")
@@ -239,7 +228,7 @@ def test_async_filter_keeps_order_and_errors_are_contained(procs: list[FwsProces
     assert "jitter.Jitter" in failure
 
 
-def test_connect_filter_refuses_with_http_status(procs: list[FwsProcess], tmp_path: Path) -> None:
+def test_connect_filter_refuses_with_http_status(processes: list[FwsProcess], tmp_path: Path) -> None:
     module(tmp_path, "gate", """
         from fws import Refuse, WebSocketConnectFilter
 
@@ -249,7 +238,7 @@ def test_connect_filter_refuses_with_http_status(procs: list[FwsProcess], tmp_pa
                 if request.params.get("key") != ["open-sesame"]:
                     raise Refuse(401, "key required")
     """)
-    proc = server(procs, "-f", "gate", "echo", cwd=tmp_path)
+    proc = server(processes, "-f", "gate", "echo", cwd=tmp_path)
     with pytest.raises(InvalidStatus) as info:
         connect(proc.url + "?key=wrong", open_timeout=5)
     assert info.value.response.status_code == 401
@@ -270,8 +259,8 @@ def test_legacy_and_bare_names_load(name: str) -> None:
         assert result.returncode == 0 and f"fws.filters.{name}." in result.stdout, result.stderr
 
 
-def test_echo_keeps_text_and_binary(procs: list[FwsProcess]) -> None:
-    proc = server(procs, "-f", "filtered_websocket.filters.echo")
+def test_echo_keeps_text_and_binary(processes: list[FwsProcess]) -> None:
+    proc = server(processes, "-f", "filtered_websocket.filters.echo")
     with connect(proc.url) as ws:
         for message in ("text", "ünïcödé", b"\x00\xff", b"valid utf-8 in a binary frame", ""):
             ws.send(message)
@@ -309,18 +298,18 @@ def client_tls(cert: Path) -> ssl.SSLContext:
     return context
 
 
-def test_tls_with_key_and_cert(procs: list[FwsProcess], tmp_path: Path) -> None:
+def test_tls_with_key_and_cert(processes: list[FwsProcess], tmp_path: Path) -> None:
     key, cert = make_cert(tmp_path)
-    proc = server(procs, "-key", str(key), "-cert", str(cert), "-f", "echo")
+    proc = server(processes, "-key", str(key), "-cert", str(cert), "-f", "echo")
     with connect(f"wss://localhost:{proc.port}/", ssl=client_tls(cert)) as ws:
         ws.send("secret")
         assert ws.recv(timeout=5) == "secret"
 
 
-def test_tls_with_twistd_ssl_endpoint(procs: list[FwsProcess], tmp_path: Path) -> None:
+def test_tls_with_twistd_ssl_endpoint(processes: list[FwsProcess], tmp_path: Path) -> None:
     key, cert = make_cert(tmp_path)
     port = free_port()
-    proc = twistd(procs, "--listen", f"ssl:{port}:privateKey={key}:certKey={cert}:interface=127.0.0.1",
+    twistd(processes, "--listen", f"ssl:{port}:privateKey={key}:certKey={cert}:interface=127.0.0.1",
                   "--filters", "echo", cwd=tmp_path, port=port).start()
     with connect(f"wss://localhost:{port}/", ssl=client_tls(cert)) as ws:
         ws.send(b"\x01")
@@ -331,7 +320,7 @@ def test_tls_with_twistd_ssl_endpoint(procs: list[FwsProcess], tmp_path: Path) -
 
 
 @pytest.mark.parametrize("form", ["spaces", "commas", "port", "config"])
-def test_twistd_front_end(procs: list[FwsProcess], tmp_path: Path, form: str) -> None:
+def test_twistd_front_end(processes: list[FwsProcess], tmp_path: Path, form: str) -> None:
     port = free_port()
     listen = ["--listen", f"tcp:{port}:interface=127.0.0.1"]
     args = {
@@ -342,7 +331,7 @@ def test_twistd_front_end(procs: list[FwsProcess], tmp_path: Path, form: str) ->
     }[form]
     (tmp_path / "fws.json").write_text(json.dumps(
         {"listen": [f"tcp:{port}:interface=127.0.0.1"], "filters": ["echo", "stdout_messages"]}))
-    proc = twistd(procs, *args, cwd=tmp_path, port=port).start()
+    proc = twistd(processes, *args, cwd=tmp_path, port=port).start()
     with connect(proc.url) as ws:
         ws.send("via twistd")
         assert ws.recv(timeout=5) == "via twistd"
@@ -363,12 +352,12 @@ def test_twistd_lists_fws_outside_the_checkout(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("front_end", ["fws_server", "twistd"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_graceful_stop(procs: list[FwsProcess], tmp_path: Path, front_end: str, sig: int) -> None:
+def test_graceful_stop(processes: list[FwsProcess], tmp_path: Path, front_end: str, sig: int) -> None:
     if front_end == "fws_server":
-        proc = server(procs, "-f", "echo")
+        proc = server(processes, "-f", "echo")
     else:
         port = free_port()
-        proc = twistd(procs, "--port", str(port), "-i", "127.0.0.1", "-f", "echo", cwd=tmp_path,
+        proc = twistd(processes, "--port", str(port), "-i", "127.0.0.1", "-f", "echo", cwd=tmp_path,
                       port=port).start()
     with connect(proc.url) as a, connect(proc.url) as b:
         a.send("ping")

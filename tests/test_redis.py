@@ -6,7 +6,6 @@ tests kill and restart.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,6 @@ from fws.config import resolve
 from tests.helpers import Server
 from tests.redis_support import RedisProcess
 
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(tmp_path).start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 def redis_config(redis: RedisProcess, *extra: str) -> dict[str, Any]:
@@ -43,16 +34,6 @@ async def wait_for(reactor: Any, predicate: Any, timeout: float = 10.0, what: st
     raise AssertionError(f"timed out waiting for {what or predicate}")
 
 
-async def recv(client: Any, reactor: Any, timeout: float = 5.0) -> tuple[bytes, bool]:
-    d = client.factory.messages.get()
-    d.addTimeout(timeout, reactor)
-    result: tuple[bytes, bool] = await d
-    return result
-
-
-async def silent(client: Any, reactor: Any, wait: float = 0.3) -> None:
-    await deferLater(reactor, wait, lambda: None)
-    assert client.factory.messages.pending == []
 
 
 def ready(server: Server) -> bool:
@@ -66,13 +47,13 @@ async def test_pubsub_reaches_every_client_binary_intact(reactor: Any, redis: Re
         await wait_for(reactor, lambda: ready(server), what="redis ready")
         a, b = await server.connect(), await server.connect()
         assert redis.publish("global", "hello from the server!") == 1
-        assert await recv(a, reactor) == (b"hello from the server!", False)
-        assert await recv(b, reactor) == (b"hello from the server!", False)
+        assert await a.recv() == (b"hello from the server!", False)
+        assert await b.recv() == (b"hello from the server!", False)
         redis.publish("global", b"\xff\x00\r\n$3\r\n007")
-        assert await recv(a, reactor) == (b"\xff\x00\r\n$3\r\n007", True)
-        assert await recv(b, reactor) == (b"\xff\x00\r\n$3\r\n007", True)
+        assert await a.recv() == (b"\xff\x00\r\n$3\r\n007", True)
+        assert await b.recv() == (b"\xff\x00\r\n$3\r\n007", True)
         redis.publish("elsewhere", "not subscribed")
-        await silent(a, reactor)
+        await a.silent()
     finally:
         await server.stop()
 
@@ -87,9 +68,9 @@ async def test_custom_channels_and_patterns(reactor: Any, redis: RedisProcess) -
         redis.publish("global", "default channel not subscribed")
         redis.publish("news", "n1")
         redis.publish("alerts.fire", "a1")
-        assert await recv(a, reactor) == (b"n1", False)
-        assert await recv(a, reactor) == (b"a1", False)
-        await silent(a, reactor)
+        assert await a.recv() == (b"n1", False)
+        assert await a.recv() == (b"a1", False)
+        await a.silent()
     finally:
         await server.stop()
 
@@ -127,13 +108,13 @@ async def test_nodes_act_as_one_server(reactor: Any, redis: RedisProcess) -> Non
             sender.send(f"m{i}")
         everyone_else = [c for group in clients for c in group if c is not sender]
         for client in everyone_else:
-            got = [await recv(client, reactor) for _ in range(50)]
+            got = [await client.recv() for _ in range(50)]
             assert got == [(f"m{i}".encode(), False) for i in range(50)]
         for client in [sender, *everyone_else]:
-            await silent(client, reactor, 0.1)
+            await client.silent(0.1)
         clients[2][1].send(b"\x00binary")
         for client in [c for group in clients for c in group if c is not clients[2][1]]:
-            assert await recv(client, reactor) == (b"\x00binary", True)
+            assert await client.recv() == (b"\x00binary", True)
     finally:
         for n in nodes:
             await n.stop()
@@ -150,22 +131,22 @@ async def test_token_groups_span_nodes(reactor: Any, redis: RedisProcess) -> Non
         c, d = await two.connect(), await two.connect()
         for client, group in ((a, "red"), (b, "blue"), (c, "red"), (d, "blue")):
             client.send(f"token:{group}")
-            assert (await recv(client, reactor))[0].endswith(group.encode())
+            assert (await client.recv())[0].endswith(group.encode())
         a.send("for red")
-        assert await recv(c, reactor) == (b"for red", False)
+        assert await c.recv() == (b"for red", False)
         d.send("for blue")
-        assert await recv(b, reactor) == (b"for blue", False)
+        assert await b.recv() == (b"for blue", False)
         for client in (a, b, c, d):
-            await silent(client, reactor, 0.1)
+            await client.silent(0.1)
         await wait_for(reactor, lambda: redis.command("SCARD", "fws:group:red") == b":2",
                        what="red has two members in Redis")
         c.send("token:blue")  # moves
-        await recv(c, reactor)
+        await c.recv()
         a.send("red again")
         d.send("blue again")
-        assert await recv(b, reactor) == (b"blue again", False)
-        assert await recv(c, reactor) == (b"blue again", False)
-        await silent(c, reactor, 0.1)
+        assert await b.recv() == (b"blue again", False)
+        assert await c.recv() == (b"blue again", False)
+        await c.silent(0.1)
         await wait_for(reactor, lambda: redis.command("SCARD", "fws:group:blue") == b":3",
                        what="blue has three members")
     finally:
@@ -188,13 +169,13 @@ async def test_redis_restart_restores_subscriptions_commands_and_groups(
         a, b = await one.connect(), await two.connect()
         for client in (a, b):
             client.send("token:room")
-            await recv(client, reactor)
+            await client.recv()
         await wait_for(reactor, lambda: redis.command("SCARD", "fws:group:room") == b":2",
                        what="members stored")
         redis.kill()
         await wait_for(reactor, lambda: not ready(one) and not ready(two), what="outage noticed")
         a.send("during the outage")  # local delivery only: b is on the other node
-        await silent(b, reactor, 0.2)
+        await b.silent(0.2)
         store = one.factory.storage_object
         with pytest.raises(Exception, match="not connected"):
             await store.get("anything")  # fails fast instead of queueing
@@ -203,10 +184,10 @@ async def test_redis_restart_restores_subscriptions_commands_and_groups(
         await wait_for(reactor, lambda: redis.command("SCARD", "fws:group:room") == b":2",
                        what="membership restored")
         a.send("after")
-        assert await recv(b, reactor) == (b"after", False)
+        assert await b.recv() == (b"after", False)
         redis.publish("global", "pubsub back")
-        assert await recv(a, reactor) == (b"pubsub back", False)
-        assert await recv(b, reactor) == (b"pubsub back", False)
+        assert await a.recv() == (b"pubsub back", False)
+        assert await b.recv() == (b"pubsub back", False)
     finally:
         await one.stop()
         await two.stop()
@@ -222,11 +203,11 @@ async def test_starts_without_redis_and_connects_when_it_appears(
     try:
         a, b = await server.connect(), await server.connect()
         a.send("local delivery works")
-        assert await recv(b, reactor) == (b"local delivery works", False)
+        assert await b.recv() == (b"local delivery works", False)
         redis.start()
         await wait_for(reactor, lambda: ready(server), timeout=5, what="connected")
         redis.publish("global", "now with redis")
-        assert await recv(a, reactor) == (b"now with redis", False)
+        assert await a.recv() == (b"now with redis", False)
     finally:
         await server.stop()
         redis.kill()
@@ -242,7 +223,7 @@ async def test_a_dead_nodes_members_expire(reactor: Any, redis: RedisProcess) ->
         await wait_for(reactor, lambda: ready(dying) and ready(survivor), what="redis ready")
         a = await dying.connect()
         a.send("token:room")
-        await recv(a, reactor)
+        await a.recv()
         await wait_for(reactor, lambda: redis.command("SCARD", "fws:group:room") == b":1",
                        what="member stored")
         # Die without saying goodbye: stop heartbeats and drop the Redis connections.

@@ -7,7 +7,6 @@ example), with Redis and nodes killed mid-test.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -22,31 +21,14 @@ redis_py = pytest.importorskip("redis")
 LEGACY = {"STORAGE_OBJECT_MODULE": "filtered_websocket.storage_objects.redis"}
 
 
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(tmp_path).start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
-@pytest.fixture
-def nodes() -> Iterator[list[FwsProcess]]:
-    started: list[FwsProcess] = []
-    try:
-        yield started
-    finally:
-        for node in started:
-            node.stop()
-
-
-def node(nodes: list[FwsProcess], redis: RedisProcess, *filters: str, env: dict[str, str] | None = None,
+def node(processes: list[FwsProcess], redis: RedisProcess, *filters: str, env: dict[str, str] | None = None,
          extra: tuple[str, ...] = ()) -> FwsProcess:
     proc = FwsProcess(["-i", "127.0.0.1", "-f", *filters, "--redis_port", str(redis.port),
                        "--redis_host", "127.0.0.1", *extra], env=env or LEGACY)
     proc.args = ["-p", str(proc.port), *proc.args]
-    nodes.append(proc)
+    processes.append(proc)
     proc.start()
     proc.wait_for_line("subscribed to")
     proc.wait_for_line("Redis command connection ready")
@@ -70,8 +52,8 @@ def assert_silent(ws: ClientConnection, wait: float = 0.3) -> None:
         ws.recv(timeout=wait)
 
 
-def test_seed_pubsub_example(redis: RedisProcess, nodes: list[FwsProcess]) -> None:
-    server = node(nodes, redis, "filtered_websocket.filters.broadcast_pubsub")
+def test_seed_pubsub_example(redis: RedisProcess, processes: list[FwsProcess]) -> None:
+    server = node(processes, redis, "filtered_websocket.filters.broadcast_pubsub")
     with connect(server.url) as a, connect(server.url) as b:
         r = redis_py.Redis(port=redis.port)
         assert r.publish("global", "hello from the server!") == 1
@@ -82,10 +64,10 @@ def test_seed_pubsub_example(redis: RedisProcess, nodes: list[FwsProcess]) -> No
         assert recv_text(b) == b"\x80\xff not utf-8"
 
 
-def test_seed_combined_example_across_three_nodes(redis: RedisProcess, nodes: list[FwsProcess]) -> None:
+def test_seed_combined_example_across_three_nodes(redis: RedisProcess, processes: list[FwsProcess]) -> None:
     filters = ("filtered_websocket.filters.broadcast_messages",
                "filtered_websocket.filters.broadcast_pubsub")
-    servers = [node(nodes, redis, *filters) for _ in range(3)]
+    servers = [node(processes, redis, *filters) for _ in range(3)]
     with ExitStack() as stack:
         clients = [stack.enter_context(connect(s.url)) for s in servers for _ in range(2)]
         sender = clients[0]
@@ -101,13 +83,13 @@ def test_seed_combined_example_across_three_nodes(redis: RedisProcess, nodes: li
             assert_silent(client, 0.1)  # exactly once: no duplicate through the relay
 
 
-def test_custom_channels_with_twistd(redis: RedisProcess, nodes: list[FwsProcess], tmp_path: Path) -> None:
+def test_custom_channels_with_twistd(redis: RedisProcess, processes: list[FwsProcess], tmp_path: Path) -> None:
     proc = FwsProcess([], env=LEGACY, cwd=tmp_path,
                       command=[str(BIN / "twistd"), "-n", "--pidfile=", "fws"])
     proc.args = ["--listen", f"tcp:{proc.port}:interface=127.0.0.1", "--filters",
                  "fws.filters.broadcast_pubsub,fws.filters.stdout_pubsub",
                  "--redis-port", str(redis.port), "--redis_channels", "news", "alerts.*"]
-    nodes.append(proc)
+    processes.append(proc)
     proc.start()
     proc.wait_for_line("subscribed to")
     with connect(proc.url) as ws:
@@ -122,10 +104,10 @@ def test_custom_channels_with_twistd(redis: RedisProcess, nodes: list[FwsProcess
     proc.wait_for_line("alerts.fire: run")
 
 
-def test_token_groups_across_nodes_and_a_killed_node(redis: RedisProcess, nodes: list[FwsProcess]) -> None:
+def test_token_groups_across_nodes_and_a_killed_node(redis: RedisProcess, processes: list[FwsProcess]) -> None:
     filters = ("fws.filters.broadcast_messages_by_token",)
-    one = node(nodes, redis, *filters, extra=("--redis_node_ttl", "1"))
-    two = node(nodes, redis, *filters, extra=("--redis_node_ttl", "1"))
+    one = node(processes, redis, *filters, extra=("--redis_node_ttl", "1"))
+    two = node(processes, redis, *filters, extra=("--redis_node_ttl", "1"))
     r = redis_py.Redis(port=redis.port)
     with connect(one.url) as a, connect(two.url) as b, connect(two.url) as c:
         for ws, group in ((a, "room"), (b, "room"), (c, "other")):
@@ -148,9 +130,9 @@ def test_token_groups_across_nodes_and_a_killed_node(redis: RedisProcess, nodes:
         assert_silent(c)
 
 
-def test_redis_killed_and_restarted(redis: RedisProcess, nodes: list[FwsProcess]) -> None:
+def test_redis_killed_and_restarted(redis: RedisProcess, processes: list[FwsProcess]) -> None:
     filters = ("fws.filters.broadcast_messages", "fws.filters.broadcast_pubsub")
-    one, two = node(nodes, redis, *filters), node(nodes, redis, *filters)
+    one, two = node(processes, redis, *filters), node(processes, redis, *filters)
     with connect(one.url) as a, connect(one.url) as a2, connect(two.url) as b:
         redis.kill()
         one.wait_for_line("lost the Redis subscriber connection")
@@ -170,12 +152,12 @@ def test_redis_killed_and_restarted(redis: RedisProcess, nodes: list[FwsProcess]
             assert recv_text(ws) == "pubsub again"
 
 
-def test_starts_with_redis_absent(tmp_path: Path, nodes: list[FwsProcess]) -> None:
+def test_starts_with_redis_absent(tmp_path: Path, processes: list[FwsProcess]) -> None:
     redis = RedisProcess(tmp_path)  # chosen port, not started
     proc = FwsProcess(["-i", "127.0.0.1", "-f", "broadcast_messages", "broadcast_pubsub",
                        "--redis_port", str(redis.port), "--redis_host", "127.0.0.1"], env=LEGACY)
     proc.args = ["-p", str(proc.port), *proc.args]
-    nodes.append(proc)
+    processes.append(proc)
     proc.start()
     proc.wait_for_line("cannot reach Redis")
     try:

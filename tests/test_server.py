@@ -17,16 +17,6 @@ from fws.protocol import CloseInfo, normalize_payload
 from tests.helpers import Server, close, write_module
 
 
-async def recv(client: Any, reactor: Any, timeout: float = 5.0) -> tuple[bytes, bool]:
-    d = client.factory.messages.get()
-    d.addTimeout(timeout, reactor)
-    result: tuple[bytes, bool] = await d
-    return result
-
-
-async def nothing_arrives(client: Any, reactor: Any, wait: float = 0.2) -> None:
-    await deferLater(reactor, wait, lambda: None)
-    assert client.factory.messages.pending == []
 
 
 @pytest_twisted.ensureDeferred
@@ -35,12 +25,12 @@ async def test_broadcast_reaches_every_other_user_text_and_binary(reactor: Any) 
     try:
         a, b, c = [await server.connect() for _ in range(3)]
         a.send("héllo")
-        assert await recv(b, reactor) == ("héllo".encode(), False)
-        assert await recv(c, reactor) == ("héllo".encode(), False)
+        assert await b.recv() == ("héllo".encode(), False)
+        assert await c.recv() == ("héllo".encode(), False)
         a.send(b"text-looking binary")
-        assert await recv(b, reactor) == (b"text-looking binary", True)
-        await recv(c, reactor)
-        await nothing_arrives(a, reactor)
+        assert await b.recv() == (b"text-looking binary", True)
+        await c.recv()
+        await a.silent()
         assert len(server.factory.users) == 3
         assert len({conn.id for conn in server.factory.users.values()}) == 3
     finally:
@@ -58,7 +48,7 @@ async def test_broadcast_frames_once(reactor: Any, monkeypatch: pytest.MonkeyPat
                             lambda *a, **k: calls.append(a) or original(*a, **k))
         clients[0].send("once")
         for other in clients[1:]:
-            assert await recv(other, reactor) == (b"once", False)
+            assert await other.recv() == (b"once", False)
         assert len(calls) == 1
     finally:
         await server.stop()
@@ -79,11 +69,11 @@ async def test_seed_style_module_forwards_text_as_text(reactor: Any, tmp_path: P
     try:
         a, b = await server.connect(), await server.connect()
         a.send("plain")
-        assert await recv(a, reactor) == (b"plain", False)
-        assert await recv(b, reactor) == (b"plain", False)
+        assert await a.recv() == (b"plain", False)
+        assert await b.recv() == (b"plain", False)
         a.send(b"\x00\x01")
-        assert await recv(b, reactor) == (b"\x00\x01", True)
-        await recv(a, reactor)
+        assert await b.recv() == (b"\x00\x01", True)
+        await a.recv()
     finally:
         await server.stop()
 
@@ -120,7 +110,7 @@ async def test_async_filters_keep_per_connection_order(reactor: Any, tmp_path: P
         for i in range(60):
             a.send(f"a{i}")
             b.send(f"b{i}".encode())
-        got = [await recv(c, reactor) for _ in range(120)]
+        got = [await c.recv() for _ in range(120)]
         from_a = [p for p, binary in got if p.startswith(b"a")]
         from_b = [(p, binary) for p, binary in got if p.startswith(b"b")]
         assert from_a == [f"a{i}!".encode() for i in range(60)]
@@ -135,21 +125,21 @@ async def test_token_groups(reactor: Any) -> None:
     try:
         a, b, c = [await server.connect() for _ in range(3)]
         a.send("hello")
-        assert await recv(a, reactor) == (b"Error: No token has been set", False)
+        assert await a.recv() == (b"Error: No token has been set", False)
         for client, group in ((a, "red"), (b, "red"), (c, "blue")):
             client.send(f"token:{group}")
-            assert await recv(client, reactor) == (
+            assert await client.recv() == (
                 f"Successfully registered with broadcast group: {group}".encode(), False)
         a.send("to red")
-        assert await recv(b, reactor) == (b"to red", False)
-        await nothing_arrives(c, reactor)
-        await nothing_arrives(a, reactor, 0)
+        assert await b.recv() == (b"to red", False)
+        await c.silent()
+        await a.silent(0)
         b.send("token:blue")
-        await recv(b, reactor)
+        await b.recv()
         a.send("anyone?")
-        await nothing_arrives(b, reactor)
+        await b.silent()
         c.send(b"\x01binary")
-        assert await recv(b, reactor) == (b"\x01binary", True)
+        assert await b.recv() == (b"\x01binary", True)
         assert set(server.factory.groups) == {"red", "blue"}
         await close(c)
         await deferLater(reactor, 0.05, lambda: None)
@@ -194,7 +184,7 @@ async def test_connect_filter_refuses_and_fails_closed(
         logged_errors.clear()
         assert len(server.factory.users) == 1
         ok.send("still here")
-        assert await recv(ok, reactor) == (b"still here", False)
+        assert await ok.recv() == (b"still here", False)
     finally:
         await server.stop()
 
@@ -275,7 +265,7 @@ async def test_async_data_filter_can_rewrite_bytes_in_order(reactor: Any, tmp_pa
         a = await server.connect()
         for i in range(20):
             a.send(f"m{i}")
-        assert [await recv(a, reactor) for _ in range(20)] == [(f"m{i}".encode(), False) for i in range(20)]
+        assert [await a.recv() for _ in range(20)] == [(f"m{i}".encode(), False) for i in range(20)]
     finally:
         await server.stop()
 
@@ -287,10 +277,10 @@ async def test_pubsub_feeds_consumer_chain(reactor: Any) -> None:
         a, b = await server.connect(), await server.connect()
         receivers = await server.factory.storage_object.publish("global", "from the server")
         assert receivers == 1
-        assert await recv(a, reactor) == (b"from the server", False)
-        assert await recv(b, reactor) == (b"from the server", False)
+        assert await a.recv() == (b"from the server", False)
+        assert await b.recv() == (b"from the server", False)
         await server.factory.storage_object.publish("other", b"\xff\x00")
-        assert await recv(a, reactor) == (b"\xff\x00", True)
+        assert await a.recv() == (b"\xff\x00", True)
     finally:
         await server.stop()
 
@@ -318,10 +308,10 @@ async def test_two_servers_in_one_process_do_not_share_anything(reactor: Any) ->
     try:
         e1, b1, b2 = await echo.connect(), await bcast.connect(), await bcast.connect()
         b1.send("x")
-        assert await recv(b2, reactor) == (b"x", False)
-        await nothing_arrives(b1, reactor)
+        assert await b2.recv() == (b"x", False)
+        await b1.silent()
         e1.send("y")
-        assert await recv(e1, reactor) == (b"y", False)
+        assert await e1.recv() == (b"y", False)
         assert len(echo.factory.users) == 1 and len(bcast.factory.users) == 2
     finally:
         await echo.stop()
