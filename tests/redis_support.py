@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -60,6 +61,15 @@ class RedisProcess:
 
     def stop(self) -> None:
         self.kill()
+
+    def pause(self) -> None:
+        """SIGSTOP: the sockets stay open but nothing answers (a silent partition)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
 
     def command(self, *args: str | bytes) -> bytes:
         """Send one command with a raw socket and return the first reply line (for checks)."""

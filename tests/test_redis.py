@@ -315,3 +315,40 @@ def test_subscriber_uses_hiredis_when_installed() -> None:
     hiredis = pytest.importorskip("hiredis")
     assert hiredis is not None
     assert issubclass(_SubscriberProtocol, txredisapi.HiredisProtocol)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ping_detects_a_silently_dead_subscriber(
+    reactor: Any, redis: RedisProcess, logged_errors: list[dict[str, Any]]
+) -> None:
+    from twisted.logger import globalLogPublisher
+
+    from fws.redis_service import RedisAddress, RedisService
+
+    received: list[bytes] = []
+    warnings: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if "PING" in event.get("log_format", ""):
+            warnings.append(event["log_format"])
+
+    service = RedisService(
+        reactor, RedisAddress(host="127.0.0.1", port=redis.port), channels=[b"global"],
+        on_message=lambda channel, data, pattern: received.append(data),
+        ping_interval=0.2, ping_timeout=0.3,
+    )
+    globalLogPublisher.addObserver(observe)
+    service.startService()
+    try:
+        await wait_for(reactor, lambda: service.ready, what="subscribed")
+        redis.pause()  # the TCP connection stays up; only a PING can tell
+        await wait_for(reactor, lambda: not service.subscribed, timeout=5, what="dead subscriber noticed")
+        assert warnings and "did not answer PING" in warnings[0]
+        redis.resume()
+        await wait_for(reactor, lambda: service.ready, timeout=5, what="resubscribed")
+        redis.publish("global", "alive again")
+        await wait_for(reactor, lambda: received == [b"alive again"], what="message after resume")
+    finally:
+        redis.resume()
+        globalLogPublisher.removeObserver(observe)
+        await service.stopService()
