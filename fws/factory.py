@@ -39,8 +39,9 @@ class FwsServerFactory(WebSocketServerFactory):
     One fws server: what every connection shares.
 
     :param pipeline: The filter chains this server runs.
-    :param storage_object: Shared storage and pub/sub; its ``consumer`` is set
-        to feed this server's consumer chain.
+    :param storage_object: Shared storage and pub/sub; ``attach(self)`` is
+        called on it so that pub/sub messages (and, with Redis, broadcasts
+        relayed by other nodes) reach this server.
     :param reactor: The reactor connections and timers use.
     :param node_id: Prefix of connection ids; random by default so that ids
         are unique across processes.
