@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = resolve(args, prog=PROG, print_help=sys.stdout.write)
         if config is None:
             return
-        pipeline = load_pipeline(config.filters)
+        pipeline = load_pipeline(config.filters, config)
     except (ConfigError, FilterLoadError) as e:
         fail_startup(PROG, str(e), 2)
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from fws.limits import LimitError, Limits, limits_from_options
 from fws.pipeline import modern_name
 
 DEFAULT_PORT = 9000
@@ -92,8 +93,62 @@ CORE_OPTIONS: tuple[Option, ...] = (
            "MODULE"),
     Option("log_level", "least severe log level shown", "str", "info", (), "LEVEL", LOG_LEVELS),
     Option("debug", "same as --log-level debug", "flag", False),
-    Option("stop_timeout", "seconds to wait for clients to close on SIGTERM before dropping them",
-           "float", 5.0, (), "SECONDS"),
+    Option("stop_timeout", "seconds to wait, after the drain, for clients to close on SIGTERM "
+           "before dropping them", "float", 5.0, (), "SECONDS"),
+    Option("drain_period", "seconds over which SIGTERM spreads the 1001 closes, so that clients "
+           "do not all reconnect at once", "float", 2.0, (), "SECONDS"),
+    # --- limits (fws.limits) ---
+    Option("max_message_size", "largest message in bytes; a larger one closes the connection "
+           "with 1009", "int", 1024 * 1024, (), "BYTES"),
+    Option("max_frame_size", "largest frame in bytes (1009 over it)", "int", 1024 * 1024, (),
+           "BYTES"),
+    Option("max_connections", "most open connections; more are refused with HTTP 503 (0: no "
+           "limit)", "int", 10000, (), "N"),
+    Option("max_connections_per_ip", "most open connections per client address; more are "
+           "refused with HTTP 429 (0: no limit)", "int", 0, (), "N"),
+    Option("trusted_proxies", "addresses or networks of reverse proxies whose X-Forwarded-For "
+           "names the client address", "list", (), (), "NET"),
+    Option("max_message_rate", "messages per second a connection may send, on average (token "
+           "bucket; 0: no limit)", "float", 1000.0, (), "RATE"),
+    Option("message_burst", "messages a connection may send at once above the rate (default: "
+           "twice the rate)", "int", 0, (), "N"),
+    Option("rate_limit_action", "over the rate: close the connection with 1008, or drop the "
+           "message", "str", "close", (), "ACTION", ("close", "drop")),
+    Option("open_handshake_timeout", "seconds a client has to complete the opening handshake",
+           "float", 10.0, (), "SECONDS"),
+    Option("compression", "accept permessage-deflate (decompressed size is limited by "
+           "--max-message-size)", "flag", False),
+    Option("max_send_buffer", "bytes that may wait for a client that does not read", "int",
+           4 * 1024 * 1024, (), "BYTES"),
+    Option("slow_consumer_action", "when a client's send buffer is full: close it with 4008, or "
+           "drop messages to it until it catches up", "str", "close", (), "ACTION",
+           ("close", "drop")),
+    Option("ping_interval", "seconds between WebSocket pings (0: none)", "float", 30.0, (),
+           "SECONDS"),
+    Option("ping_timeout", "seconds to wait for a pong before dropping the connection", "float",
+           10.0, (), "SECONDS"),
+    Option("idle_timeout", "close a connection that sent no message for this many seconds, "
+           "with 4000 (0: never)", "float", 0.0, (), "SECONDS"),
+    Option("allowed_origins", "browser origins allowed to connect (scheme://host[:port], * "
+           "wildcards); others get HTTP 403 (default: all)", "list", (), (), "ORIGIN"),
+    Option("filter_timeout", "seconds an asynchronous filter may take before it is failed "
+           "(0: no limit)", "float", 0.0, (), "SECONDS"),
+    # --- token groups and JWT (fws.filters.broadcast_messages_by_token, fws.filters.auth_jwt) ---
+    Option("max_groups_per_connection", "distinct token groups one connection may join",
+           "int", 32, (), "N"),
+    Option("group_claim", "joining token group NAME needs NAME in this claim of the verified "
+           "JWT (with fws.filters.auth_jwt)", "str", None, (), "CLAIM"),
+    Option("jwt_secret", "HS256 secret for fws.filters.auth_jwt (better: $FWS_JWT_SECRET)",
+           "str", None, (), "SECRET"),
+    Option("jwt_public_key", "PEM public key file for RS256/ES256 tokens (fws.filters.auth_jwt)",
+           "str", None, (), "FILE"),
+    Option("jwt_algorithms", "accepted JWT algorithms (default: HS256 with a secret, RS256 with "
+           "a public key)", "list", (), (), "ALG"),
+    Option("jwt_audience", "required aud claim", "str", None, (), "AUD"),
+    Option("jwt_issuer", "required iss claim", "str", None, (), "ISS"),
+    Option("jwt_query_param", "query parameter that may carry the token", "str", "token", (),
+           "NAME"),
+    Option("jwt_cookie", "cookie that may carry the token", "str", "token", (), "NAME"),
 )
 
 
@@ -107,6 +162,9 @@ class Config:
     log_level: str = "info"
     stop_timeout: float = 5.0
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    #: Every resolved option by name (core and storage ones), for filters to read.
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -349,6 +407,10 @@ def _build(values: Mapping[str, Any], extra: Sequence[Option]) -> Config:
     stop_timeout = float(values.get("stop_timeout", 5.0))
     if stop_timeout < 0:
         raise ConfigError("stop_timeout must not be negative")
+    try:
+        limits = limits_from_options(values)
+    except LimitError as e:
+        raise ConfigError(str(e)) from None
     return Config(
         filters=tuple(filters),
         listen=tuple(listen),
@@ -356,6 +418,8 @@ def _build(values: Mapping[str, Any], extra: Sequence[Option]) -> Config:
         log_level="debug" if values.get("debug") else values.get("log_level") or "info",
         stop_timeout=stop_timeout,
         storage_options={opt.name: values.get(opt.name) for opt in extra},
+        limits=limits,
+        options=dict(values),
     )
 
 

@@ -8,30 +8,21 @@ from __future__ import annotations
 import itertools
 import secrets
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from fws.limits import CLOSE_GOING_AWAY, CLOSE_IDLE, Limits
 
 from fws.pipeline import FilterPipeline, run_chain
 from fws.protocol import FwsRawDataProtocol, FwsServerProtocol, normalize_payload
 from fws.storage_objects import StorageObject
 
-#: Protocol options fws sets on every server (Autobahn's own defaults are
-#: unlimited sizes and no keepalive).  Hardening makes each one an option.
-DEFAULT_PROTOCOL_OPTIONS: dict[str, Any] = {
-    "maxMessagePayloadSize": 1024 * 1024,
-    "maxFramePayloadSize": 1024 * 1024,
-    "openHandshakeTimeout": 10.0,
-    "closeHandshakeTimeout": 2.0,
-    "autoPingInterval": 30.0,
-    "autoPingTimeout": 10.0,
-}
-
-GOING_AWAY = 1001
 
 
 class FwsServerFactory(WebSocketServerFactory):
@@ -45,6 +36,9 @@ class FwsServerFactory(WebSocketServerFactory):
     :param reactor: The reactor connections and timers use.
     :param node_id: Prefix of connection ids; random by default so that ids
         are unique across processes.
+    :param limits: Size, rate, connection, buffer and keepalive limits.
+    :param options: Every resolved option, for filters to read
+        (``web_socket_instance.factory.options["jwt_audience"]``).
     :ivar users: id -> open connection; what ``web_socket_instance.users`` is.
     :ivar groups: token group name -> {id: connection}, local members only.
     :ivar connections: every connection, open or still in its handshake.
@@ -61,10 +55,15 @@ class FwsServerFactory(WebSocketServerFactory):
         *,
         reactor: IReactorTime,
         node_id: str | None = None,
-        protocol_options: dict[str, Any] | None = None,
+        limits: Limits | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(url=None, reactor=reactor)
         self.pipeline = pipeline
+        self.limits = limits or Limits()
+        self.options: Mapping[str, Any] = options or {}
+        self.per_ip: dict[str, int] = {}
+        self._idle_sweep: LoopingCall | None = None
         self.storage_object = storage_object
         self.node_id = node_id or secrets.token_hex(6)
         self.users: dict[str, FwsServerProtocol] = {}
@@ -74,7 +73,7 @@ class FwsServerFactory(WebSocketServerFactory):
         self._consumer_backlog: deque[tuple[str, bytes, str | None]] | None = None
         if pipeline.data:
             self.protocol = FwsRawDataProtocol
-        self.setProtocolOptions(**{**DEFAULT_PROTOCOL_OPTIONS, **(protocol_options or {})})
+        self.setProtocolOptions(**self.limits.protocol_options())
         # Optional hooks of a storage object that joins several nodes into one server
         # (the Redis one): relaying broadcasts, and mirroring group membership.
         self._relay = getattr(storage_object, "relay", None)
@@ -85,6 +84,25 @@ class FwsServerFactory(WebSocketServerFactory):
     def startFactory(self) -> None:
         super().startFactory()
         self._log.info("fws node {node_id}: connection ids are {node_id}-<n>", node_id=self.node_id)
+        idle = self.limits.idle_timeout
+        if idle > 0:
+            self._idle_sweep = LoopingCall(self._close_idle)
+            self._idle_sweep.clock = self.reactor
+            self._idle_sweep.start(min(max(idle / 4.0, 0.05), 5.0), now=False)
+
+    def stopFactory(self) -> None:
+        if self._idle_sweep is not None and self._idle_sweep.running:
+            self._idle_sweep.stop()
+        super().stopFactory()
+
+    def _close_idle(self) -> None:
+        """Close connections that received no message for ``idle_timeout`` seconds."""
+        now = self.reactor.seconds()
+        for conn in list(self.users.values()):
+            if conn.messages_in != conn._idle_mark:
+                conn._idle_mark, conn._idle_since = conn.messages_in, now
+            elif now - conn._idle_since >= self.limits.idle_timeout:
+                conn.close(CLOSE_IDLE, "idle timeout")
 
     def buildProtocol(self, addr: Any) -> FwsServerProtocol:
         proto: FwsServerProtocol = super().buildProtocol(addr)
@@ -96,11 +114,20 @@ class FwsServerFactory(WebSocketServerFactory):
     def register(self, conn: FwsServerProtocol) -> None:
         """Called when a connection opens: it becomes a user."""
         self.users[conn.id] = conn
+        ip = conn.client_ip
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        conn._idle_since = self.reactor.seconds()
         self._log.debug("connection {conn_id} opened from {peer}", conn_id=conn.id, peer=conn.peer)
 
     def unregister(self, conn: FwsServerProtocol) -> None:
         """Called when an opened connection closes: it leaves ``users`` and its group."""
-        self.users.pop(conn.id, None)
+        if self.users.pop(conn.id, None) is not None:
+            ip = conn.client_ip
+            left = self.per_ip.get(ip, 1) - 1
+            if left > 0:
+                self.per_ip[ip] = left
+            else:
+                self.per_ip.pop(ip, None)
         self.leave_group(conn)
         self._log.debug("connection {conn_id} closed", conn_id=conn.id)
 
@@ -161,7 +188,7 @@ class FwsServerFactory(WebSocketServerFactory):
         sent = 0
         open_state = FwsServerProtocol.STATE_OPEN
         for conn in targets:
-            if conn is not exclude and conn.state == open_state:
+            if conn is not exclude and conn.state == open_state and not conn.send_full:
                 conn.sendPreparedMessage(prepared)
                 sent += 1
         return sent
@@ -259,29 +286,45 @@ class FwsServerFactory(WebSocketServerFactory):
     # --- shutdown ------------------------------------------------------------------------
 
     def close_all(
-        self, code: int = GOING_AWAY, reason: str = "server shutting down", timeout: float = 5.0
+        self,
+        code: int = CLOSE_GOING_AWAY,
+        reason: str = "server shutting down",
+        timeout: float = 5.0,
+        drain_period: float = 0.0,
     ) -> Deferred[None]:
         """
         Close every connection and fire once all are gone.
 
-        Open connections get a close frame with ``code``; connections still in
-        their handshake are dropped.  Whatever is still connected after
-        ``timeout`` seconds is aborted.
+        Open connections get a close frame with ``code``, spread evenly over
+        ``drain_period`` seconds so that clients do not all reconnect at the
+        same moment; connections still in their handshake are dropped at once.
+        Whatever is still connected ``timeout`` seconds after the last close
+        frame is aborted.
         """
         conns = list(self.connections)
         if not conns:
             return succeed(None)
-        waits = []
+        waits = [conn.is_closed for conn in conns]
+        opened = [conn for conn in conns if conn.state == conn.STATE_OPEN]
         for conn in conns:
-            waits.append(conn.is_closed)
-            if conn.state == conn.STATE_OPEN:
-                conn.close(code, reason)
-            elif conn.state == conn.STATE_CONNECTING:
+            if conn.state == conn.STATE_CONNECTING:
                 conn.dropConnection(abort=True)
+        steps = max(1, min(len(opened), int(drain_period / 0.05))) if drain_period > 0 else 1
+        per_step = -(-len(opened) // steps)
+        for step in range(steps):
+            batch = opened[step * per_step:(step + 1) * per_step]
+            if batch:
+                delay = drain_period * step / steps
+                self.reactor.callLater(delay, self._close_batch, batch, code, reason)
         done: Deferred[None] = DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
-        timer = self.reactor.callLater(timeout, self._abort_remaining, conns)
+        timer = self.reactor.callLater(drain_period + timeout, self._abort_remaining, conns)
         done.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
         return done
+
+    @staticmethod
+    def _close_batch(batch: list[FwsServerProtocol], code: int, reason: str) -> None:
+        for conn in batch:
+            conn.close(code, reason)
 
     def _abort_remaining(self, conns: list[FwsServerProtocol]) -> None:
         for conn in conns:

@@ -17,12 +17,12 @@ import importlib.util
 import inspect
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.logger import Logger
 
 from fws.filters.base import CHAIN_BASES, EVENTS, STOP, Refuse, StopChain, WebSocketFilter
@@ -48,10 +48,17 @@ class FilterLoadError(Exception):
 
 @dataclass(frozen=True)
 class FilterEntry:
-    """One filter in a chain: its display name and the callable to run."""
+    """
+    One filter in a chain: its display name and the callable to run.
+
+    :ivar timeout: Seconds an asynchronous result may take (0: no limit),
+        measured on ``clock``.
+    """
 
     name: str
     func: FilterFunc
+    timeout: float = 0.0
+    clock: Any = None
 
 
 # --- legacy names --------------------------------------------------------------------------
@@ -210,17 +217,31 @@ def filters_in_module(module: ModuleType) -> list[tuple[str, FilterEntry]]:
     return found
 
 
-def load_pipeline(names: Iterable[str]) -> FilterPipeline:
+def load_pipeline(names: Iterable[str], config: Any = None) -> FilterPipeline:
     """
     Build a new pipeline from module names, in command-line order.
 
-    :raises FilterLoadError: a name cannot be imported, or a module defines no
-        filter; the message is one line.
+    A module may define ``configure(config)``: it is called once per pipeline
+    with the server's :class:`fws.config.Config` (or ``None``) to check its
+    options, and what it returns is kept in ``pipeline.state[module_name]``
+    for the module's filters to use (``web_socket_instance.factory.pipeline``),
+    so that two servers in one process never share it.
+
+    :raises FilterLoadError: a name cannot be imported, a module defines no
+        filter, or its ``configure`` rejects the configuration; the message is
+        one line.
     """
     chains: dict[str, list[FilterEntry]] = {event: [] for event in EVENTS}
     modules = []
+    state: dict[str, Any] = {}
     for name in names:
         module = _import_filter_module(name)
+        configure = getattr(module, "configure", None)
+        if callable(configure) and module.__name__ not in state:
+            try:
+                state[module.__name__] = configure(config)
+            except Exception as e:
+                raise FilterLoadError(f"filter module {name!r}: {_one_line(e)}") from e
         found = filters_in_module(module)
         if not found:
             raise FilterLoadError(
@@ -231,8 +252,13 @@ def load_pipeline(names: Iterable[str]) -> FilterPipeline:
         for event, entry in found:
             chains[event].append(entry)
     return FilterPipeline(
-        modules=tuple(modules), **{event: tuple(entries) for event, entries in chains.items()}
+        modules=tuple(modules), state=state,
+        **{event: tuple(entries) for event, entries in chains.items()},
     )
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join((str(e) or type(e).__name__).split())
 
 
 # --- running -------------------------------------------------------------------------------
@@ -252,11 +278,21 @@ class FilterPipeline:
     disconnect: tuple[FilterEntry, ...] = ()
     consumer: tuple[FilterEntry, ...] = ()
     modules: tuple[str, ...] = field(default=())
+    state: Mapping[str, Any] = field(default_factory=dict)
 
     def chain(self, event: str) -> tuple[FilterEntry, ...]:
         """The chain for ``event`` (one of :data:`fws.filters.base.EVENTS`)."""
         chain: tuple[FilterEntry, ...] = getattr(self, event)
         return chain
+
+    def with_timeout(self, timeout: float, clock: Any) -> FilterPipeline:
+        """The same pipeline with every filter's asynchronous work limited to ``timeout`` s."""
+        if timeout <= 0:
+            return self
+        return replace(self, **{
+            event: tuple(replace(e, timeout=timeout, clock=clock) for e in self.chain(event))
+            for event in EVENTS
+        })
 
     def describe(self) -> dict[str, list[str]]:
         """Filter names per event, for logs and ``--check`` style output."""
@@ -316,6 +352,8 @@ def run_chain(
         if result is STOP:
             return STOP
         if isinstance(result, Deferred):
+            if entry.timeout:
+                result.addTimeout(entry.timeout, entry.clock)
             return result.addCallbacks(
                 _continue,
                 _failed,
@@ -351,6 +389,10 @@ def _failed(
         return STOP
     if propagate and failure.check(*propagate):
         return failure
+    if failure.check(TimeoutError):
+        log.error("filter {filter} timed out on {event} for connection {conn_id}; the rest of "
+                  "the chain was skipped", filter=name, event=event, conn_id=conn_id)
+        return FAILED
     log.failure(
         "filter {filter} failed on {event} for connection {conn_id}",
         failure,

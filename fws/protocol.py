@@ -17,9 +17,12 @@ from typing import TYPE_CHECKING, Any
 from autobahn.twisted.websocket import ConnectionDeny, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from fws.filters.base import Refuse
+from fws.limits import CLOSE_POLICY, CLOSE_SLOW_CONSUMER, origin_allowed
 from fws.pipeline import FAILED, current_message_binary, run_chain
 
 if TYPE_CHECKING:
@@ -99,9 +102,30 @@ class FwsServerProtocol(WebSocketServerProtocol):
     token: str | None = None
     is_binary: bool = False
     request: ConnectionRequest | None = None
+    #: The client's address: the peer's, or from X-Forwarded-For when the peer
+    #: is one of ``--trusted-proxies``.
+    client_ip: str = ""
+    #: Claims of the verified token (set by ``fws.filters.auth_jwt``), or ``None``.
+    claims: dict[str, Any] | None = None
+    #: Messages received so far (what the idle timeout watches).
+    messages_in = 0
+    #: True while the client is ``--max-send-buffer`` behind and messages to it
+    #: are dropped (``--slow-consumer-action drop``).
+    send_full = False
     _opened = False
+    _groups_joined: set[str] | None = None
     _backlog: deque[Any] | None = None
     _paused = False
+    _rate = 0.0
+    _burst = 0.0
+    _tokens = 0.0
+    _tokens_at = 0.0
+    _write_blocked = False
+    _unsent = 0
+    _slow = False
+    _dropped = 0
+    _idle_mark = -1
+    _idle_since = 0.0
 
     # --- what filters use ----------------------------------------------------------------
 
@@ -114,6 +138,13 @@ class FwsServerProtocol(WebSocketServerProtocol):
     def storage_object(self) -> StorageObject:
         """The server's storage object (in-memory or Redis)."""
         return self.factory.storage_object
+
+    @property
+    def groups_joined(self) -> set[str]:
+        """Token groups this connection has joined so far (for the per-connection limit)."""
+        if self._groups_joined is None:
+            self._groups_joined = set()
+        return self._groups_joined
 
     def sendMessage(  # type: ignore[override]
         self,
@@ -133,7 +164,43 @@ class FwsServerProtocol(WebSocketServerProtocol):
         data, binary = normalize_payload(payload, isBinary)
         if self.state != self.STATE_OPEN:
             return
+        if self.send_full:
+            self._dropped += 1
+            return
         super().sendMessage(data, binary, fragmentSize, sync, doNotCompress)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """
+        Every frame goes through here: count what piles up for a client that
+        does not read (the transport told us to stop writing), and act at
+        ``--max-send-buffer``.
+        """
+        if self._write_blocked and not self._slow:
+            self._unsent += len(data)
+            if self._unsent > self.factory.limits.max_send_buffer:
+                self._over_send_buffer()
+        super().sendData(data, sync, chopsize)
+
+    def _over_send_buffer(self) -> None:
+        if self.factory.limits.slow_consumer_action == "drop":
+            if not self.send_full:
+                self.send_full = True
+                self._log.info("connection {conn_id} is {unsent} bytes behind; dropping messages "
+                               "to it until it catches up", conn_id=self.id, unsent=self._unsent)
+            return
+        self._slow = True
+        self._log.info("closing slow consumer {conn_id}: {unsent} bytes unsent", conn_id=self.id,
+                       unsent=self._unsent)
+        self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+
+    def _writes_resumed(self) -> None:
+        self._write_blocked = False
+        self._unsent = 0
+        if self.send_full:
+            self.send_full = False
+            self._log.info("connection {conn_id} caught up; {dropped} messages to it were dropped",
+                           conn_id=self.id, dropped=self._dropped)
+            self._dropped = 0
 
     def close(self, code: int = 1000, reason: str | None = None) -> None:
         """
@@ -156,6 +223,11 @@ class FwsServerProtocol(WebSocketServerProtocol):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.factory.connections.add(self)
+        peer = self.transport.getPeer()
+        self.client_ip = str(getattr(peer, "host", None) or getattr(peer, "name", None) or "local")
+        # The transport pauses this producer when its buffer is full and resumes
+        # it when the buffer has drained: that is how fws knows a client is not reading.
+        self.transport.registerProducer(_WriteWatch(self), True)
 
     def connectionLost(self, reason: Any = None) -> None:
         self.factory.connections.discard(self)
@@ -163,6 +235,17 @@ class FwsServerProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request: ConnectionRequest) -> Any:
         self.request = request
+        limits = self.factory.limits
+        if limits.trusted_proxies:
+            self.client_ip = _forwarded_client(self.client_ip, request, limits)
+        if limits.allowed_origins and not origin_allowed(request.origin, limits.allowed_origins):
+            raise ConnectionDeny(403, "origin not allowed")
+        if limits.max_connections and len(self.factory.users) >= limits.max_connections:
+            raise ConnectionDeny(503, "too many connections")
+        if limits.max_connections_per_ip and (
+            self.factory.per_ip.get(self.client_ip, 0) >= limits.max_connections_per_ip
+        ):
+            raise ConnectionDeny(429, "too many connections from this address")
         chain = self.factory.pipeline.connect
         if not chain:
             return None
@@ -178,9 +261,17 @@ class FwsServerProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self._opened = True
+        limits = self.factory.limits
+        if limits.max_message_rate > 0:
+            self._rate = limits.max_message_rate
+            self._burst = self._tokens = float(limits.message_burst)
+            self._tokens_at = self.factory.reactor.seconds()
         self.factory.register(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.messages_in += 1
+        if self._rate and not self._take_token():
+            return
         chain = self.factory.pipeline.message
         if not chain:
             return
@@ -207,6 +298,24 @@ class FwsServerProtocol(WebSocketServerProtocol):
             self._backlog.append((_DISCONNECT, info))
             return
         self._run_disconnect(info)
+
+    def _take_token(self) -> bool:
+        """Token bucket: ``--max-message-rate`` per second, ``--message-burst`` at once."""
+        now = self.factory.reactor.seconds()
+        tokens = self._tokens + (now - self._tokens_at) * self._rate
+        if tokens > self._burst:
+            tokens = self._burst
+        self._tokens_at = now
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return True
+        self._tokens = tokens
+        if self.factory.limits.rate_limit_action == "close":
+            self._log.info("connection {conn_id} sent faster than {rate}/s; closing",
+                           conn_id=self.id, rate=self._rate)
+            self.close(CLOSE_POLICY, "message rate limit exceeded")
+            self._rate = 0.0  # one close is enough; whatever else arrives is ignored
+        return False
 
     # --- ordering ----------------------------------------------------------------------------
 
@@ -291,6 +400,41 @@ class FwsRawDataProtocol(FwsServerProtocol):
         self._raw_backlog = None
         if self.transport:
             self.transport.resumeProducing()
+
+
+@implementer(IPushProducer)
+class _WriteWatch:
+    """Registered on the transport: told when the client stops (and resumes) reading."""
+
+    def __init__(self, conn: FwsServerProtocol) -> None:
+        self.conn = conn
+
+    def pauseProducing(self) -> None:
+        self.conn._write_blocked = True
+
+    def resumeProducing(self) -> None:
+        self.conn._writes_resumed()
+
+    def stopProducing(self) -> None:
+        self.conn._write_blocked = True
+
+
+def _forwarded_client(peer: str, request: ConnectionRequest, limits: Any) -> str:
+    """
+    The client address behind trusted proxies: the right-most X-Forwarded-For
+    hop that is not itself a trusted proxy (hops further left can be forged by
+    the client).
+    """
+    if not limits.is_trusted_proxy(peer):
+        return peer
+    forwarded = request.headers.get("x-forwarded-for")
+    if not forwarded:
+        return peer
+    hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not limits.is_trusted_proxy(hop):
+            return hop
+    return hops[0] if hops else peer
 
 
 def _accept_or_fail(outcome: Any) -> None:

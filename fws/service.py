@@ -119,7 +119,8 @@ class FwsService(MultiService):
 
     async def _stop(self) -> None:
         await self.listener.stopService()
-        await self.factory.close_all(timeout=self.config.stop_timeout)
+        await self.factory.close_all(timeout=self.config.stop_timeout,
+                                     drain_period=self.config.limits.drain_period)
         await maybeDeferred(self.storage.stopService)
 
     def stopService(self) -> Deferred[None]:
@@ -129,7 +130,7 @@ class FwsService(MultiService):
 
 def build_pipeline(config: Config) -> FilterPipeline:
     """Load the filter modules of ``config`` (raises FilterLoadError)."""
-    return load_pipeline(config.filters)
+    return load_pipeline(config.filters, config)
 
 
 def parse_endpoints(config: Config, reactor: Any) -> list[tuple[str, IStreamServerEndpoint]]:
@@ -166,8 +167,10 @@ def make_service(
     """
     if pipeline is None:
         pipeline = build_pipeline(config)
+    pipeline = pipeline.with_timeout(config.limits.filter_timeout, reactor)
     storage = load_storage_module(config.storage).make_storage_object(config, reactor)
-    factory = FwsServerFactory(pipeline, storage, reactor=reactor)
+    factory = FwsServerFactory(pipeline, storage, reactor=reactor, limits=config.limits,
+                               options=config.options)
     listener = ListeningService(parse_endpoints(config, reactor), factory)
     return FwsService(config, factory, storage, listener)
 

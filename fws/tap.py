@@ -38,7 +38,7 @@ class Options(usage.Options):
             if config is None:
                 raise SystemExit(0)
             self["config"] = config
-            self["pipeline"] = load_pipeline(config.filters)
+            self["pipeline"] = load_pipeline(config.filters, config)
         except (ConfigError, FilterLoadError) as e:
             fail_startup(PROG, str(e), 2)
 

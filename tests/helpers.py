@@ -14,6 +14,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import deferLater
 
 from fws.config import Config
+from fws.limits import Limits
 from fws.service import FwsService, make_service
 
 
@@ -97,6 +98,7 @@ class Server:
 
     def __init__(self, reactor: Any, filters: list[str], **config: Any) -> None:
         self.reactor = reactor
+        config.setdefault("limits", Limits(drain_period=0.0))  # tests need no gentle drain
         self.service: FwsService = make_service(
             Config(filters=tuple(filters), listen=("tcp:0:interface=127.0.0.1",), **config), reactor
         )

@@ -6,6 +6,12 @@ Token groups: ``token:NAME`` joins group NAME, other messages go to the group.
   ``Successfully registered with broadcast group: NAME``.
 * Any other message goes to the other members of the sender's group; a sender
   without a group gets ``Error: No token has been set``.
+* With ``--group-claim CLAIM`` (and ``fws.filters.auth_jwt`` before this
+  filter), NAME must be listed in that claim of the connection's verified
+  token (a list, or a space-separated string); otherwise the reply is
+  ``Error: Not allowed to join broadcast group: NAME``.
+* A connection may join at most ``--max-groups-per-connection`` distinct
+  groups in its life (``Error: Too many broadcast groups for this connection``).
 * A user that disconnects leaves its group (the server does that for every
   connection, so groups never hold closed connections).
 """
@@ -20,6 +26,8 @@ from fws.filters.base import WebSocketMessageFilter
 TOKEN = re.compile(rb"token:(\S+)")
 REGISTERED = "Successfully registered with broadcast group: {}"
 NO_TOKEN = "Error: No token has been set"
+NOT_ALLOWED = "Error: Not allowed to join broadcast group: {}"
+TOO_MANY = "Error: Too many broadcast groups for this connection"
 
 
 class BroadcastMessagesByToken(WebSocketMessageFilter):
@@ -31,6 +39,10 @@ class BroadcastMessagesByToken(WebSocketMessageFilter):
         match = TOKEN.search(data) if b"token:" in data else None
         if match is not None:
             name = match.group(1).decode("utf-8", "replace")
+            refusal = _refusal(conn, name)
+            if refusal is not None:
+                conn.sendMessage(refusal)
+                return
             conn.factory.join_group(conn, name)
             conn.sendMessage(REGISTERED.format(name))
             return
@@ -39,3 +51,20 @@ class BroadcastMessagesByToken(WebSocketMessageFilter):
             return
         conn.factory.broadcast_group(conn.token, bytes(data), conn.is_binary, exclude=conn)
 
+
+
+def _refusal(conn: Any, name: str) -> str | None:
+    """Why ``conn`` may not join group ``name``, or ``None`` if it may."""
+    limits = conn.factory.limits
+    if limits.group_claim is not None:
+        allowed = (conn.claims or {}).get(limits.group_claim)
+        if isinstance(allowed, str):
+            allowed = allowed.split()
+        if not isinstance(allowed, (list, tuple)) or name not in allowed:
+            return NOT_ALLOWED.format(name)
+    joined = conn.groups_joined
+    if name not in joined:
+        if len(joined) >= limits.max_groups_per_connection:
+            return TOO_MANY
+        joined.add(name)
+    return None

@@ -1,0 +1,169 @@
+"""
+Safe limits: what one connection, one client address and the whole server may
+use, with the defaults a careful operator wants.
+
+Autobahn's own defaults are unlimited message and frame sizes, no keepalive,
+any Origin and no connection cap, and Twisted buffers outgoing data without
+bound; every one of those is closed here, and every one is an option.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MiB = 1024 * 1024
+
+#: Close codes fws uses, besides the RFC 6455 ones Autobahn sends itself
+#: (1002 protocol error, 1007 invalid UTF-8, 1009 message too big).
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008  # message rate limit exceeded
+CLOSE_TOO_BIG = 1009
+CLOSE_IDLE = 4000  # no message for --idle-timeout seconds
+CLOSE_SLOW_CONSUMER = 4008  # outgoing buffer over --max-send-buffer
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class LimitError(ValueError):
+    """An invalid limit option; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every limit of one server; ``0`` means "no limit" where a limit may be turned off."""
+
+    max_message_size: int = MiB
+    max_frame_size: int = MiB
+    max_connections: int = 10000
+    max_connections_per_ip: int = 0
+    trusted_proxies: tuple[Network, ...] = ()
+    max_message_rate: float = 1000.0
+    message_burst: int = 2000
+    rate_limit_action: str = "close"
+    open_handshake_timeout: float = 10.0
+    compression: bool = False
+    max_send_buffer: int = 4 * MiB
+    slow_consumer_action: str = "close"
+    ping_interval: float = 30.0
+    ping_timeout: float = 10.0
+    idle_timeout: float = 0.0
+    allowed_origins: tuple[str, ...] = ()
+    filter_timeout: float = 0.0
+    drain_period: float = 2.0
+    max_groups_per_connection: int = 32
+    group_claim: str | None = None
+
+    def protocol_options(self) -> dict[str, Any]:
+        """The Autobahn protocol options these limits stand for."""
+        options: dict[str, Any] = {
+            "maxMessagePayloadSize": self.max_message_size,
+            "maxFramePayloadSize": self.max_frame_size,
+            "openHandshakeTimeout": self.open_handshake_timeout,
+            "closeHandshakeTimeout": 2.0,
+            "autoPingInterval": self.ping_interval,
+            "autoPingTimeout": self.ping_timeout,
+            "failByDrop": False,  # protocol errors get a close frame (1002, 1007 ...), then TCP close
+        }
+        if self.compression:
+            options["perMessageCompressionAccept"] = self._accept_deflate
+        return options
+
+    def _accept_deflate(self, offers: Sequence[Any]) -> Any:
+        """Accept permessage-deflate, decompressing no more than a message may hold."""
+        from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+
+        for offer in offers:
+            if isinstance(offer, PerMessageDeflateOffer):
+                return PerMessageDeflateOfferAccept(
+                    offer, max_message_size=self.max_message_size or None)
+        return None
+
+    def is_trusted_proxy(self, host: str) -> bool:
+        if not self.trusted_proxies:
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_proxies)
+
+
+def _positive(values: Mapping[str, Any], name: str, allow_zero: bool = True) -> Any:
+    value = values[name]
+    if value < 0 or (value == 0 and not allow_zero):
+        raise LimitError(f"{name} must be {'zero or more' if allow_zero else 'positive'}, "
+                         f"not {value}")
+    return value
+
+
+def limits_from_options(values: Mapping[str, Any]) -> Limits:
+    """Validate the limit options of a resolved configuration."""
+    defaults = Limits()
+    merged = {name: values.get(name, getattr(defaults, name)) for name in (
+        "max_message_size", "max_frame_size", "max_connections", "max_connections_per_ip",
+        "max_message_rate", "message_burst", "open_handshake_timeout", "max_send_buffer",
+        "ping_interval", "ping_timeout", "idle_timeout", "filter_timeout", "drain_period",
+        "max_groups_per_connection")}
+    merged = {k: (getattr(defaults, k) if v is None else v) for k, v in merged.items()}
+    for name in merged:
+        _positive(merged, name)
+    if merged["max_message_size"] == 0 or merged["max_frame_size"] == 0:
+        raise LimitError("max_message_size and max_frame_size must be positive: fws never "
+                         "accepts unbounded messages")
+    if merged["max_send_buffer"] == 0:
+        raise LimitError("max_send_buffer must be positive: outgoing buffers are always bounded")
+    if merged["open_handshake_timeout"] == 0:
+        raise LimitError("open_handshake_timeout must be positive")
+    rate = float(merged["max_message_rate"])
+    burst = int(merged["message_burst"]) or int(max(1.0, 2 * rate))
+    proxies = []
+    for text in values.get("trusted_proxies") or ():
+        try:
+            proxies.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise LimitError(f"trusted_proxies: {text!r} is not an address or network") from None
+    origins = tuple(o.strip().lower().rstrip("/") for o in values.get("allowed_origins") or ()
+                    if o.strip())
+    return Limits(
+        max_message_size=int(merged["max_message_size"]),
+        max_frame_size=int(merged["max_frame_size"]),
+        max_connections=int(merged["max_connections"]),
+        max_connections_per_ip=int(merged["max_connections_per_ip"]),
+        trusted_proxies=tuple(proxies),
+        max_message_rate=rate,
+        message_burst=burst,
+        rate_limit_action=values.get("rate_limit_action") or "close",
+        open_handshake_timeout=float(merged["open_handshake_timeout"]),
+        compression=bool(values.get("compression")),
+        max_send_buffer=int(merged["max_send_buffer"]),
+        slow_consumer_action=values.get("slow_consumer_action") or "close",
+        ping_interval=float(merged["ping_interval"]),
+        ping_timeout=float(merged["ping_timeout"]),
+        idle_timeout=float(merged["idle_timeout"]),
+        allowed_origins=origins,
+        filter_timeout=float(merged["filter_timeout"]),
+        drain_period=float(merged["drain_period"]),
+        max_groups_per_connection=int(merged["max_groups_per_connection"]),
+        group_claim=values.get("group_claim") or None,
+    )
+
+
+def origin_allowed(origin: str | None, allowed: Sequence[str]) -> bool:
+    """
+    Whether a browser's ``Origin`` may connect.
+
+    ``allowed`` holds ``scheme://host[:port]`` entries, where ``*`` matches any
+    run of characters (``https://*.example.com``) and a lone ``*`` allows all.
+    A request without an Origin header (not a browser) is allowed: Origin
+    protects browsers from cross-site use, and any other client can send any
+    Origin it likes.
+    """
+    if not allowed or origin is None:
+        return True
+    from fnmatch import fnmatchcase
+
+    origin = origin.strip().lower().rstrip("/")
+    return any(pattern == "*" or fnmatchcase(origin, pattern) for pattern in allowed)
