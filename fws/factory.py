@@ -58,7 +58,8 @@ class FwsServerFactory(WebSocketServerFactory):
         limits: Limits | None = None,
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(url=None, reactor=reactor)
+        # "Server: fws" rather than Autobahn's name and version in every handshake response.
+        super().__init__(url=None, reactor=reactor, server="fws")
         self.pipeline = pipeline
         self.limits = limits or Limits()
         self.options: Mapping[str, Any] = options or {}

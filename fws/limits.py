@@ -65,7 +65,8 @@ class Limits:
             "closeHandshakeTimeout": 2.0,
             "autoPingInterval": self.ping_interval,
             "autoPingTimeout": self.ping_timeout,
-            "failByDrop": False,  # protocol errors get a close frame (1002, 1007 ...), then TCP close
+            "failByDrop": False,
+            "webStatus": False,  # a plain GET gets 426 Upgrade Required, not Autobahn's status page  # protocol errors get a close frame (1002, 1007 ...), then TCP close
         }
         if self.compression:
             options["perMessageCompressionAccept"] = self._accept_deflate

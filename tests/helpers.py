@@ -71,8 +71,8 @@ class Client(WebSocketClientProtocol):
 class ClientFactory(WebSocketClientFactory):
     protocol = Client
 
-    def __init__(self, url: str, reactor: Any) -> None:
-        super().__init__(url, reactor=reactor)
+    def __init__(self, url: str, reactor: Any, headers: dict[str, str] | None = None) -> None:
+        super().__init__(url, reactor=reactor, headers=headers)
         self.opened: Deferred[Client] = Deferred()
         self.messages: DeferredQueue[tuple[bytes, bool]] = DeferredQueue()
         self.close_code: int | None = None
@@ -80,8 +80,12 @@ class ClientFactory(WebSocketClientFactory):
         self.noisy = False
 
 
-async def connect(reactor: Any, port: int, path: str = "/") -> Client:
-    factory = ClientFactory(f"ws://127.0.0.1:{port}{path}", reactor)
+async def connect(reactor: Any, port: int, path: str = "/", headers: dict[str, str] | None = None,
+                  **options: Any) -> Client:
+    """Open a real Autobahn client connection; ``options`` are Autobahn protocol options."""
+    factory = ClientFactory(f"ws://127.0.0.1:{port}{path}", reactor, headers)
+    if options:
+        factory.setProtocolOptions(**options)
     await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
     client: Client = await factory.opened
     return client
@@ -104,6 +108,19 @@ class Server:
         )
         self.clients: list[Client] = []
 
+    @classmethod
+    def from_argv(cls, reactor: Any, *argv: str) -> Server:
+        """A server configured exactly as ``fws_server ARGV`` would be (on a free port, no drain)."""
+        from fws.config import resolve
+
+        config = resolve([*argv, "--listen", "tcp:0:interface=127.0.0.1", "--drain-period", "0"],
+                         environ={})
+        assert config is not None
+        server = cls.__new__(cls)
+        server.reactor, server.clients = reactor, []
+        server.service = make_service(config, reactor)
+        return server
+
     def start(self) -> Server:
         self.service.privilegedStartService()
         self.service.startService()
@@ -118,8 +135,9 @@ class Server:
         port: int = self.service.listener.ports[0].getHost().port
         return port
 
-    async def connect(self, path: str = "/") -> Client:
-        client = await connect(self.reactor, self.port, path)
+    async def connect(self, path: str = "/", headers: dict[str, str] | None = None,
+                      **options: Any) -> Client:
+        client = await connect(self.reactor, self.port, path, headers, **options)
         self.clients.append(client)
         return client
 
