@@ -19,7 +19,8 @@ for _ in $(seq 100); do
     sleep 0.05
 done
 PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" STORAGE_OBJECT_MODULE=fws.storage_objects.redis \
-    "$python" -m fws.cli -p "$port" -i 127.0.0.1 --log-level warn \
+    "$python" -m fws.cli -p "$port" -i 127.0.0.1 --log-level warn --max-message-rate 0 \
+    --max-connections 0 \
     --redis_port "$rport" --redis_host 127.0.0.1 --redis_channels bench -f bench_redis_filters &
 fws=$!
 wait "$fws"

@@ -366,16 +366,25 @@ def test_protocol_violations_get_the_rfc_close(processes: list[FwsProcess], data
 
 
 @pytest.mark.parametrize(
-    "request_bytes",
-    [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"POST / HTTP/1.1\r\n\r\n", b"\x16\x03\x01\x02\x00garbage\r\n\r\n",
-     b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n"],
+    ("request_bytes", "status"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 426),  # a browser's plain GET: no status page
+        (b"POST / HTTP/1.1\r\n\r\n", None),
+        (b"\x16\x03\x01\x02\x00garbage\r\n\r\n", None),  # TLS on a plain port
+        (b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         b"Sec-WebSocket-Version: 13\r\n\r\n", None),  # no Host, no key
+    ],
 )
-def test_bad_opening_handshakes_get_http_errors(processes: list[FwsProcess], request_bytes: bytes) -> None:
+def test_bad_opening_handshakes_get_http_errors(processes: list[FwsProcess], request_bytes: bytes,
+                                                status: int | None) -> None:
     proc = start(processes, "-f", "echo")
     client = RawClient(proc.port, handshake=False)
     client.send(request_bytes)
     client.response = client._read_response()
-    assert 400 <= client.status < 500 or client.response == b""  # never a 200 status page
+    if status is not None:
+        assert client.status == status
+    else:  # an HTTP client error, or the connection closed at once
+        assert 400 <= client.status < 500 or client.response == b""
     assert client.closed_by_server()
     with ws_connect(proc.url) as ws:
         ws.send("fine")

@@ -4,6 +4,8 @@ storage module's ``OPTIONS``), so the documentation cannot drift from ``-h``.
 
     .. fws-options::
     .. fws-options:: fws.storage_objects.redis
+    .. fws-options::
+       :only: max_message_size, max_frame_size
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import importlib
 from typing import Any
 
 from docutils import nodes
-from docutils.parsers.rst import Directive
+from docutils.parsers.rst import Directive, directives
 
 
 def _cell(text: str) -> nodes.entry:
@@ -30,7 +32,10 @@ def _literal_cell(text: str) -> nodes.entry:
 
 
 class FwsOptions(Directive):
+    """``.. fws-options:: [module]`` with an optional ``:only: name, name`` list."""
+
     optional_arguments = 1
+    option_spec = {"only": directives.unchanged}
 
     def run(self) -> list[Any]:
         from fws.config import CORE_OPTIONS
@@ -38,6 +43,13 @@ class FwsOptions(Directive):
         options = (
             importlib.import_module(self.arguments[0]).OPTIONS if self.arguments else CORE_OPTIONS
         )
+        if "only" in self.options:
+            wanted = [n.strip() for n in self.options["only"].split(",") if n.strip()]
+            by_name = {opt.name: opt for opt in options}
+            missing = [n for n in wanted if n not in by_name]
+            if missing:
+                raise self.error(f"unknown options: {', '.join(missing)}")
+            options = tuple(by_name[n] for n in wanted)
         table = nodes.table()
         group = nodes.tgroup(cols=4)
         table += group
