@@ -3,6 +3,7 @@
 #
 #   benchmarks/run.sh [SERVERS] [SCENARIOS] [REPS]
 #   benchmarks/run.sh fws,fws-redis,ab-prepared,node-ws fanout-1000-64 3     (the default)
+#   benchmarks/run.sh profile SERVER SCENARIO [SECONDS]     py-spy profile -> benchmarks/profiles/
 #
 # The harness (../shared/bench, or $FWS_BENCH_HARNESS) is copied to $FWS_BENCH_DIR
 # (default /tmp/fws-bench) so that a read-only checkout of it works; the fws
@@ -15,6 +16,11 @@ root=$(dirname "$here")
 harness=${FWS_BENCH_HARNESS:-$root/../shared/bench}
 work=${FWS_BENCH_DIR:-/tmp/fws-bench}
 python=${FWS_PYTHON:-$(command -v python3)}
+mode=run
+if [ "${1:-}" = profile ]; then
+    mode=profile
+    shift
+fi
 servers=${1:-fws,fws-redis,ab-prepared,node-ws}
 scenarios=${2:-fanout-1000-64}
 reps=${3:-3}
@@ -28,6 +34,12 @@ cp -r "$harness"/. "$work"/
 grep -v '^fws' "$work/servers.txt" > "$work/servers.txt.new" || true
 sed -e "s|@HERE@|$here|g" -e "s|@PYTHON@|$python|g" "$here/servers.txt" | grep -v '^#' >> "$work/servers.txt.new"
 mv "$work/servers.txt.new" "$work/servers.txt"
+if [ "$mode" = profile ]; then
+    mkdir -p "$here/profiles"
+    (cd "$work" && python3 tools/profile.py "$servers" "$scenarios" "${3:-4}") \
+        | tee "$here/profiles/$servers-$scenarios.txt"
+    exit 0
+fi
 (cd "$work" && TAG="$tag" ./run.sh "$servers" "$scenarios" "$reps")
 mkdir -p "$here/results"
 {

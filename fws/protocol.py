@@ -10,6 +10,7 @@ is a no-op).  An event whose chain is empty does no work at all.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,27 @@ class CloseInfo:
 
 
 _DISCONNECT = object()
+
+
+def encode_frame(payload: bytes, is_binary: bool) -> bytes:
+    """
+    One complete, unmasked, uncompressed server frame (RFC 6455 section 5.2).
+
+    This is all a server frame is; building it here lets fws write it to the
+    transport directly instead of through Autobahn's per-frame bookkeeping.
+    ``tests/test_fast_path.py`` pins it to what Autobahn itself sends.
+    """
+    n = len(payload)
+    first = 0x82 if is_binary else 0x81
+    if n < 126:
+        return bytes((first, n)) + payload
+    if n < 65536:
+        return _HEADER16(first, 126, n) + payload
+    return _HEADER64(first, 127, n) + payload
+
+
+_HEADER16 = struct.Struct("!BBH").pack
+_HEADER64 = struct.Struct("!BBQ").pack
 
 
 def normalize_payload(payload: Any, is_binary: bool | None) -> tuple[bytes, bool]:
@@ -167,19 +189,35 @@ class FwsServerProtocol(WebSocketServerProtocol):
         if self.send_full:
             self._dropped += 1
             return
+        if (self._perMessageCompress is None or doNotCompress) and fragmentSize is None \
+                and not sync and not self.autoFragmentSize:
+            # The fast path: frame it here and hand it to the transport.
+            frame = encode_frame(data, binary)
+            if self._write_blocked:
+                self.account(len(frame))
+            self.transport.write(frame)
+            return
         super().sendMessage(data, binary, fragmentSize, sync, doNotCompress)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         """
-        Every frame goes through here: count what piles up for a client that
-        does not read (the transport told us to stop writing), and act at
-        ``--max-send-buffer``.
+        What Autobahn still writes itself (handshake, control frames, compressed
+        messages) goes through here, counted like the fast path's frames.
         """
-        if self._write_blocked and not self._slow:
-            self._unsent += len(data)
-            if self._unsent > self.factory.limits.max_send_buffer:
-                self._over_send_buffer()
+        if self._write_blocked:
+            self.account(len(data))
         super().sendData(data, sync, chopsize)
+
+    def account(self, size: int) -> None:
+        """
+        Count ``size`` bytes written while the transport says the client is not
+        reading, and act once more than ``--max-send-buffer`` are waiting.
+        """
+        if self._slow:
+            return
+        self._unsent += size
+        if self._unsent > self.factory.limits.max_send_buffer:
+            self._over_send_buffer()
 
     def _over_send_buffer(self) -> None:
         if self.factory.limits.slow_consumer_action == "drop":

@@ -1,0 +1,114 @@
+"""
+The fast paths, pinned: fws frames messages itself and writes them straight
+to the transport, so these tests check that the bytes are exactly Autobahn's,
+that the Autobahn internals fws relies on still exist, and, as a regression
+guard that does not time anything, how many Python calls one delivery costs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from typing import Any
+
+import pytest
+import pytest_twisted
+from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
+
+from fws.protocol import encode_frame
+from tests.helpers import Server
+
+SIZES = [0, 1, 125, 126, 127, 65535, 65536, 70000]
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("binary", [False, True])
+def test_encode_frame_is_autobahns_framing(size: int, binary: bool) -> None:
+    payload = (b"\xab" if binary else b"a") * size
+    assert encode_frame(payload, binary) == PreparedMessage(payload, binary, False, False).payloadHybi
+
+
+def test_autobahn_internals_fws_relies_on() -> None:
+    assert hasattr(PreparedMessage(b"x", False, False, False), "payloadHybi")
+    for name in ("STATE_OPEN", "STATE_CONNECTING", "STATE_CLOSING", "STATE_CLOSED"):
+        assert isinstance(getattr(WebSocketProtocol, name), int)
+    for method in ("sendCloseFrame", "sendPreparedMessage", "sendData", "prepareMessage"):
+        assert hasattr(WebSocketProtocol, method) or method == "prepareMessage"
+
+
+@pytest_twisted.ensureDeferred
+async def test_fast_paths_deliver_every_size_intact(reactor: Any) -> None:
+    server = Server(reactor, ["echo"]).start()
+    try:
+        a, b = await server.connect(), await server.connect()
+        [conn_a, conn_b] = sorted(server.factory.users.values(), key=lambda c: c.id)
+        assert conn_a._perMessageCompress is None and not conn_a.autoFragmentSize
+        for size in SIZES:
+            for binary in (False, True):
+                payload = (b"\x00" if binary else b"t") * size
+                a.send(payload if binary else payload.decode())
+                assert await a.recv() == (payload, binary)  # sendMessage's fast path
+                assert server.factory.broadcast(payload, binary, exclude=conn_a) == 1
+                assert await b.recv() == (payload, binary)  # broadcast's fast path
+    finally:
+        await server.stop()
+
+
+def count_calls(function: Any) -> Counter[str]:
+    """Python-level calls made while ``function`` runs, by ``package:function``."""
+    calls: Counter[str] = Counter()
+
+    def profiler(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            path = frame.f_code.co_filename
+            package = next((p for p in ("fws", "autobahn", "twisted") if f"/{p}/" in path), "other")
+            calls[f"{package}:{frame.f_code.co_name}"] += 1
+
+    sys.setprofile(profiler)
+    try:
+        function()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+@pytest_twisted.ensureDeferred
+async def test_python_calls_per_delivery(reactor: Any) -> None:
+    """
+    Per recipient, a broadcast makes no fws or Autobahn call at all: one
+    ``transport.write`` and what Twisted does inside it. Fails when a change
+    adds per-recipient work in fws or routes deliveries back through Autobahn.
+    """
+    server = Server(reactor, ["echo"]).start()
+    try:
+        for _ in range(60):
+            await server.connect()
+        users = list(server.factory.users.values())
+        small = count_calls(lambda: server.factory.broadcast(b"x" * 64, False, recipients=users[:20]))
+        large = count_calls(lambda: server.factory.broadcast(b"x" * 64, False, recipients=users))
+        extra = large - small  # what 40 more recipients cost
+        ours = {name: n for name, n in extra.items() if not name.startswith("twisted:")}
+        assert ours == {}, ours
+        assert extra["twisted:write"] == 2 * 40  # ITransport.write (+ FileDescriptor.write) each
+        assert sum(extra.values()) <= 8 * 40, extra.most_common(10)  # Twisted's own share
+        for client in server.clients:
+            assert await client.recv() == (b"x" * 64, False)
+        for client in server.clients[:20]:
+            assert await client.recv() == (b"x" * 64, False)
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_python_calls_per_echo(reactor: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sendMessage's fast path: no call into Autobahn's frame builder or sendData."""
+    server = Server(reactor, ["echo"]).start()
+    try:
+        await server.connect()
+        [conn] = server.factory.users.values()
+        calls = count_calls(lambda: conn.sendMessage(b"reply", False))
+        autobahn = {name: n for name, n in calls.items() if name.startswith("autobahn:")}
+        assert autobahn == {}, autobahn
+        assert calls["fws:encode_frame"] == 1
+    finally:
+        await server.stop()
