@@ -42,6 +42,7 @@ if [ "$mode" = profile ]; then
 fi
 (cd "$work" && TAG="$tag" ./run.sh "$servers" "$scenarios" "$reps")
 mkdir -p "$here/results"
+grep "\"tag\": \"$tag\"" "$work/results/raw.jsonl" > "$here/results/$tag.jsonl" || true
 {
     echo "# $tag"
     echo

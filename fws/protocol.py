@@ -148,6 +148,10 @@ class FwsServerProtocol(WebSocketServerProtocol):
     _dropped = 0
     _idle_mark = -1
     _idle_since = 0.0
+    #: Frames waiting for this reactor turn's flush (see FwsServerFactory._flush).
+    _out: list[bytes] | None = None
+    #: Whether the transport is plain TCP whose socket fws may write itself.
+    _direct = False
 
     # --- what filters use ----------------------------------------------------------------
 
@@ -191,22 +195,54 @@ class FwsServerProtocol(WebSocketServerProtocol):
             return
         if (self._perMessageCompress is None or doNotCompress) and fragmentSize is None \
                 and not sync and not self.autoFragmentSize:
-            # The fast path: frame it here and hand it to the transport.
+            # The fast path: frame it here; it leaves with this turn's flush.
             frame = encode_frame(data, binary)
-            if self._write_blocked:
-                self.account(len(frame))
-            self.transport.write(frame)
+            out = self._out
+            if out is None:
+                self._out = [frame]
+                self.factory.mark_dirty(self)
+            else:
+                out.append(frame)
             return
         super().sendMessage(data, binary, fragmentSize, sync, doNotCompress)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         """
         What Autobahn still writes itself (handshake, control frames, compressed
-        messages) goes through here, counted like the fast path's frames.
+        messages) goes through here: after the frames fws has queued, so the
+        order on the wire is the order of the calls, and counted like them.
         """
+        if self._out:
+            self.write_out()
         if self._write_blocked:
             self.account(len(data))
         super().sendData(data, sync, chopsize)
+
+    def write_out(self) -> None:
+        """
+        Write the queued frames, straight to the socket when nothing else is
+        waiting in the transport (one ``send``, no poller registration), and
+        through the transport otherwise (or for the part the socket did not take).
+        """
+        out, self._out = self._out, None
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        transport = self.transport
+        if transport is None:
+            return
+        if self._write_blocked:
+            self.account(len(data))
+        if self._direct and not transport.dataBuffer and not transport._tempDataBuffer \
+                and transport.connected and not transport._writeDisconnected:
+            try:
+                sent = transport.socket.send(data)
+            except OSError:  # EAGAIN, or an error Twisted will find and report itself
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
 
     def account(self, size: int) -> None:
         """
@@ -263,6 +299,7 @@ class FwsServerProtocol(WebSocketServerProtocol):
         self.factory.connections.add(self)
         peer = self.transport.getPeer()
         self.client_ip = str(getattr(peer, "host", None) or getattr(peer, "name", None) or "local")
+        self._direct = can_write_directly(self.transport)
         # The transport pauses this producer when its buffer is full and resumes
         # it when the buffer has drained: that is how fws knows a client is not reading.
         self.transport.registerProducer(_WriteWatch(self), True)
@@ -438,6 +475,20 @@ class FwsRawDataProtocol(FwsServerProtocol):
         self._raw_backlog = None
         if self.transport:
             self.transport.resumeProducing()
+
+
+def can_write_directly(transport: Any) -> bool:
+    """
+    Whether fws may ``send()`` on this transport's socket itself when the
+    transport has nothing buffered: plain TCP connections of the Twisted
+    version these attributes are pinned for (``tests/test_fast_path.py``);
+    TLS, unix sockets and anything unknown always go through ``write``.
+    """
+    from twisted.internet import tcp
+
+    return (type(transport) is tcp.Server and isinstance(getattr(transport, "dataBuffer", None), bytes)
+            and isinstance(getattr(transport, "_tempDataBuffer", None), list)
+            and hasattr(transport, "_writeDisconnected") and hasattr(transport, "socket"))
 
 
 @implementer(IPushProducer)

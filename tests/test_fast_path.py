@@ -75,22 +75,29 @@ def count_calls(function: Any) -> Counter[str]:
 @pytest_twisted.ensureDeferred
 async def test_python_calls_per_delivery(reactor: Any) -> None:
     """
-    Per recipient, a broadcast makes no fws or Autobahn call at all: one
-    ``transport.write`` and what Twisted does inside it. Fails when a change
-    adds per-recipient work in fws or routes deliveries back through Autobahn.
+    Per recipient, a broadcast queues the frame without a single function call,
+    and the end-of-turn flush makes one fws call (``write_out``) that hands
+    the bytes to the socket: no Autobahn and no Twisted code per delivery.
+    Fails when a change adds per-recipient work or routes deliveries back
+    through Autobahn's or Twisted's write paths.
     """
     server = Server(reactor, ["echo"]).start()
     try:
         for _ in range(60):
             await server.connect()
-        users = list(server.factory.users.values())
-        small = count_calls(lambda: server.factory.broadcast(b"x" * 64, False, recipients=users[:20]))
-        large = count_calls(lambda: server.factory.broadcast(b"x" * 64, False, recipients=users))
-        extra = large - small  # what 40 more recipients cost
-        ours = {name: n for name, n in extra.items() if not name.startswith("twisted:")}
-        assert ours == {}, ours
-        assert extra["twisted:write"] == 2 * 40  # ITransport.write (+ FileDescriptor.write) each
-        assert sum(extra.values()) <= 8 * 40, extra.most_common(10)  # Twisted's own share
+        factory = server.factory
+        users = list(factory.users.values())
+        assert all(conn._direct for conn in users)
+
+        def broadcast_and_flush(recipients: list[Any]) -> None:
+            factory.broadcast(b"x" * 64, False, recipients=recipients)
+            factory._flush_call.cancel()
+            factory._flush()
+
+        small = count_calls(lambda: broadcast_and_flush(users[:20]))
+        large = count_calls(lambda: broadcast_and_flush(users))
+        extra = dict(large - small)  # what 40 more recipients cost
+        assert extra == {"fws:write_out": 40}, extra
         for client in server.clients:
             assert await client.recv() == (b"x" * 64, False)
         for client in server.clients[:20]:
@@ -104,11 +111,21 @@ async def test_python_calls_per_echo(reactor: Any, monkeypatch: pytest.MonkeyPat
     """sendMessage's fast path: no call into Autobahn's frame builder or sendData."""
     server = Server(reactor, ["echo"]).start()
     try:
-        await server.connect()
+        client = await server.connect()
         [conn] = server.factory.users.values()
-        calls = count_calls(lambda: conn.sendMessage(b"reply", False))
+
+        def reply_twice_and_flush() -> None:
+            conn.sendMessage(b"reply", False)
+            conn.sendMessage("again")
+            server.factory._flush_call.cancel()
+            server.factory._flush()
+
+        calls = count_calls(reply_twice_and_flush)
         autobahn = {name: n for name, n in calls.items() if name.startswith("autobahn:")}
         assert autobahn == {}, autobahn
-        assert calls["fws:encode_frame"] == 1
+        assert "twisted:write" not in calls  # straight to the socket, not the transport buffer
+        assert calls["fws:encode_frame"] == 2 and calls["fws:write_out"] == 1  # one send for both
+        assert await client.recv() == (b"reply", False)
+        assert await client.recv() == (b"again", False)
     finally:
         await server.stop()
