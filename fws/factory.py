@@ -206,12 +206,16 @@ class FwsServerFactory(WebSocketServerFactory):
             if conn._perMessageCompress is not None:
                 conn.sendPreparedMessage(prepared)
             else:
+                # One frame is kept as bytes, which the garbage collector does not
+                # track: a list per recipient per message would trigger collections.
                 out = conn._out
                 if out is None:
-                    conn._out = [frame]
+                    conn._out = frame
                     dirty.append(conn)
-                else:
+                elif out.__class__ is list:
                     out.append(frame)
+                else:
+                    conn._out = [out, frame]
             sent += 1
         if dirty and self._flush_call is None:
             self._flush_call = self.reactor.callLater(0, self._flush)

@@ -148,8 +148,9 @@ class FwsServerProtocol(WebSocketServerProtocol):
     _dropped = 0
     _idle_mark = -1
     _idle_since = 0.0
-    #: Frames waiting for this reactor turn's flush (see FwsServerFactory._flush).
-    _out: list[bytes] | None = None
+    #: Frames waiting for this reactor turn's flush (see FwsServerFactory._flush):
+    #: one frame as bytes, several as a list.
+    _out: bytes | list[bytes] | None = None
     #: Whether the transport is plain TCP whose socket fws may write itself.
     _direct = False
 
@@ -199,10 +200,12 @@ class FwsServerProtocol(WebSocketServerProtocol):
             frame = encode_frame(data, binary)
             out = self._out
             if out is None:
-                self._out = [frame]
+                self._out = frame
                 self.factory.mark_dirty(self)
-            else:
+            elif out.__class__ is list:
                 out.append(frame)
+            else:
+                self._out = [out, frame]
             return
         super().sendMessage(data, binary, fragmentSize, sync, doNotCompress)
 
@@ -227,7 +230,7 @@ class FwsServerProtocol(WebSocketServerProtocol):
         out, self._out = self._out, None
         if not out:
             return
-        data = out[0] if len(out) == 1 else b"".join(out)
+        data = out if out.__class__ is bytes else b"".join(out)
         transport = self.transport
         if transport is None:
             return
