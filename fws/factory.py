@@ -120,7 +120,6 @@ class FwsServerFactory(WebSocketServerFactory):
         ip = conn.client_ip
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         conn._idle_since = self.reactor.seconds()
-        self._log.debug("connection {conn_id} opened from {peer}", conn_id=conn.id, peer=conn.peer)
 
     def unregister(self, conn: FwsServerProtocol) -> None:
         """Called when an opened connection closes: it leaves ``users`` and its group."""
@@ -132,7 +131,6 @@ class FwsServerFactory(WebSocketServerFactory):
             else:
                 self.per_ip.pop(ip, None)
         self.leave_group(conn)
-        self._log.debug("connection {conn_id} closed", conn_id=conn.id)
 
     def join_group(self, conn: FwsServerProtocol, name: str) -> None:
         """Put ``conn`` in token group ``name``, leaving any group it was in."""

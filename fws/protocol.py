@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import ConnectionDeny, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -66,6 +67,15 @@ def encode_frame(payload: bytes, is_binary: bool) -> bytes:
 
 _HEADER16 = struct.Struct("!BBH").pack
 _HEADER64 = struct.Struct("!BBQ").pack
+
+
+def unmask(payload: bytes, mask: bytes) -> bytes:
+    """XOR a client frame's payload with its 4-byte masking key (RFC 6455 section 5.3)."""
+    n = len(payload)
+    if not n:
+        return b""
+    key = (mask * ((n + 3) >> 2))[:n]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
 
 
 def normalize_payload(payload: Any, is_binary: bool | None) -> tuple[bytes, bool]:
@@ -153,6 +163,8 @@ class FwsServerProtocol(WebSocketServerProtocol):
     _out: bytes | list[bytes] | None = None
     #: Whether the transport is plain TCP whose socket fws may write itself.
     _direct = False
+    #: Largest frame the inbound fast path takes (larger ones go to Autobahn).
+    _fast_limit = 0
 
     # --- what filters use ----------------------------------------------------------------
 
@@ -297,9 +309,57 @@ class FwsServerProtocol(WebSocketServerProtocol):
 
     # --- Autobahn callbacks ----------------------------------------------------------------
 
+    def dataReceived(self, data: bytes) -> None:
+        """
+        The inbound fast path: complete, unfragmented, masked text and binary
+        frames of an open connection are parsed here and handed to
+        :meth:`onMessage` directly. Everything else (the handshake, control
+        frames, fragments, compression, frames split across reads, anything
+        malformed or too big) starts where Autobahn's parser would and goes to
+        it, so it keeps enforcing RFC 6455 and the size limits.
+        """
+        if (self.state != self.STATE_OPEN or self.data or self.current_frame is not None
+                or self.inside_message or self._perMessageCompress is not None):
+            super().dataReceived(data)
+            return
+        n = len(data)
+        pos = 0
+        limit = self._fast_limit
+        while n - pos >= 6:
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            if (b0 != 0x81 and b0 != 0x82) or b1 < 0x80:
+                break  # fragment, control frame, RSV bits, unmasked: Autobahn decides
+            length = b1 & 0x7F
+            start = pos + 6
+            if length == 126:
+                if n - pos < 8:
+                    break
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                start = pos + 8
+            elif length == 127:
+                break
+            end = start + length
+            if end > n or length > limit:
+                break  # incomplete (Autobahn buffers it) or too big (Autobahn closes, 1009)
+            payload = unmask(data[start:end], data[start - 4:start])
+            if b0 == 0x81:
+                try:
+                    payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    break  # Autobahn fails the connection with 1007
+            pos = end
+            self.onMessage(payload, b0 == 0x82)
+            if self.state != self.STATE_OPEN:
+                return
+        if pos < n:
+            super().dataReceived(data[pos:] if pos else data)
+
     def connectionMade(self) -> None:
         super().connectionMade()
         self.factory.connections.add(self)
+        limits = self.factory.limits
+        self._fast_limit = min(limits.max_message_size, limits.max_frame_size)
         peer = self.transport.getPeer()
         self.client_ip = str(getattr(peer, "host", None) or getattr(peer, "name", None) or "local")
         self._direct = can_write_directly(self.transport)
@@ -487,8 +547,6 @@ def can_write_directly(transport: Any) -> bool:
     version these attributes are pinned for (``tests/test_fast_path.py``);
     TLS, unix sockets and anything unknown always go through ``write``.
     """
-    from twisted.internet import tcp
-
     return (type(transport) is tcp.Server and isinstance(getattr(transport, "dataBuffer", None), bytes)
             and isinstance(getattr(transport, "_tempDataBuffer", None), list)
             and hasattr(transport, "_writeDisconnected") and hasattr(transport, "socket"))

@@ -129,3 +129,76 @@ async def test_python_calls_per_echo(reactor: Any, monkeypatch: pytest.MonkeyPat
         assert await client.recv() == (b"again", False)
     finally:
         await server.stop()
+
+
+# --- the inbound fast path, against a real process over a raw socket ----------------------------
+
+import os  # noqa: E402
+import time  # noqa: E402
+
+from fws.protocol import unmask  # noqa: E402
+from tests.processes import FwsProcess  # noqa: E402
+from tests.rawws import RawClient, frame  # noqa: E402
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 125, 126, 1000, 65536])
+def test_unmask_matches_autobahn(size: int) -> None:
+    from autobahn.websocket.xormasker import create_xor_masker
+
+    payload, mask = os.urandom(size), os.urandom(4)
+    assert unmask(payload, mask) == create_xor_masker(mask, size).process(payload)
+
+
+@pytest.fixture
+def echo_server(processes: list[FwsProcess]) -> FwsProcess:
+    proc = FwsProcess([])
+    proc.args = ["-p", str(proc.port), "-i", "127.0.0.1", "-f", "echo", "--max-message-rate", "0",
+                 "--max-message-size", "5000"]
+    processes.append(proc)
+    return proc.start()
+
+
+def test_coalesced_frames_in_order(echo_server: FwsProcess) -> None:
+    client = RawClient(echo_server.port)
+    client.send(b"".join(frame(f"m{i}".encode()) for i in range(200)))
+    assert [client.read_frame() for _ in range(200)] == [(1, f"m{i}".encode()) for i in range(200)]
+
+
+def test_frames_split_byte_by_byte(echo_server: FwsProcess) -> None:
+    client = RawClient(echo_server.port)
+    client.sock.setsockopt(__import__("socket").IPPROTO_TCP, __import__("socket").TCP_NODELAY, 1)
+    data = frame(b"split" * 40, opcode=2) + frame("héllo".encode())
+    for i in range(len(data)):
+        client.send(data[i:i + 1])
+        if i % 16 == 0:
+            time.sleep(0.001)
+    assert client.read_frame() == (2, b"split" * 40)
+    assert client.read_frame() == (1, "héllo".encode())
+
+
+def test_control_frames_and_fragments_between_fast_frames(echo_server: FwsProcess) -> None:
+    client = RawClient(echo_server.port)
+    client.send(frame(b"one") + frame(b"ping!", opcode=9)
+                + frame(b"frag", opcode=2, fin=False) + frame(b"-men", opcode=0, fin=False)
+                + frame(b"ted", opcode=0) + frame(b"two"))
+    assert client.read_frame() == (1, b"one")
+    assert client.read_frame() == (10, b"ping!")  # pong
+    assert client.read_frame() == (2, b"frag-mented")
+    assert client.read_frame() == (1, b"two")
+
+
+@pytest.mark.parametrize(
+    ("tail", "code"),
+    [
+        (frame(b"start", opcode=1, fin=False) + frame(b"new message inside"), 1002),
+        (frame(b"\xc3\x28"), 1007),
+        (frame(b"x" * 5001, opcode=2), 1009),
+        (frame(b"x" * 200, mask=False), 1002),
+    ],
+)
+def test_violations_after_good_frames(echo_server: FwsProcess, tail: bytes, code: int) -> None:
+    client = RawClient(echo_server.port)
+    client.send(frame(b"good") + frame(b"x" * 5000, opcode=2) + tail)
+    assert client.read_frame() == (1, b"good")
+    assert client.read_frame() == (2, b"x" * 5000)  # exactly at the limit: accepted
+    assert client.close_code() == code
