@@ -29,6 +29,52 @@ def medians(rows: list[dict], key: str) -> dict[tuple[str, int, int], float]:
     return {k: statistics.median(v) for k, v in groups.items()}
 
 
+SUMMARY = (
+    # (scenario, field, column title, higher is better)
+    ("fanout-1000-64", "deliveries_per_s", "fan-out 1000 x 64 B, deliveries/s", True),
+    ("fanout-5000-1024", "deliveries_per_s", "fan-out 5000 x 1 KiB, deliveries/s", True),
+    ("fanlat-5000-64", "p99_us", "1 message to 5000, p99 ms", False),
+    ("echo", "rt_per_s", "echo round trips/s (100 clients)", True),
+    ("connect", "handshakes_per_s", "handshakes/s", True),
+    ("idle", "kib_per_conn_10000", "idle KiB/connection", False),
+)
+
+
+def summary(rows: list[dict], baseline: str = "node-ws") -> str:
+    """A reST table of medians, each with its ratio to ``baseline`` (x node-ws)."""
+    cells: dict[tuple[str, str], float] = {}
+    groups: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for row in rows:
+        for scenario, key, _, _ in SUMMARY:
+            if row.get("scenario") == scenario and row.get("ok") and key in row:
+                groups[(row["server"], scenario)].append(float(row[key]))
+    for k, v in groups.items():
+        cells[k] = statistics.median(v)
+    servers = sorted({s for s, _ in cells}, key=lambda s: (not s.startswith("fws"), s))
+    header = ["server"] + [title for _, _, title, _ in SUMMARY]
+    lines = []
+    for server in servers:
+        line = [server]
+        for scenario, key, _, _ in SUMMARY:
+            value = cells.get((server, scenario))
+            base = cells.get((baseline, scenario))
+            if value is None:
+                line.append("")
+                continue
+            shown = (f"{value / 1000:.1f} ms" if key == "p99_us" else f"{value:.1f}" if key.startswith("kib")
+                     else f"{value / 1000:.0f}k" if value >= 10000 else f"{value / 1000:.2f}k")
+            if base and server != baseline:
+                shown += f" ({value / base:.2f}x)"
+            line.append(shown)
+        lines.append(line)
+    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
+    rule = "  ".join("=" * w for w in widths)
+    out = [rule, "  ".join(h.ljust(w) for h, w in zip(header, widths)), rule]
+    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+    out.append(rule)
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     import matplotlib
 
@@ -39,8 +85,16 @@ def main() -> None:
     parser.add_argument("jsonl", type=Path)
     parser.add_argument("--out", type=Path, default=Path("docs/_static"))
     parser.add_argument("--machine", default="2 vCPU, server pinned to one core")
+    parser.add_argument("--summary", type=Path, help="also write a reST table of medians here")
     args = parser.parse_args()
     rows = load(args.jsonl)
+    if args.summary:
+        date = __import__("datetime").datetime.fromtimestamp(rows[0]["ts"]).strftime("%Y-%m-%d")
+        args.summary.write_text(
+            f"Medians of the run ``{args.jsonl.name}`` ({date}, {args.machine}); in brackets "
+            "the ratio to node ``ws`` (for latency and memory, lower is better).\n\n"
+            + summary(rows))
+        print(f"wrote {args.summary}")
     args.out.mkdir(parents=True, exist_ok=True)
     date = rows[0].get("date") or __import__("datetime").datetime.fromtimestamp(
         rows[0]["ts"]).strftime("%Y-%m-%d")
