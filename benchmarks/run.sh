@@ -35,7 +35,7 @@ grep -v '^fws' "$work/servers.txt" > "$work/servers.txt.new" || true
 sed -e "s|@HERE@|$here|g" -e "s|@PYTHON@|$python|g" "$here/servers.txt" | grep -v '^#' >> "$work/servers.txt.new"
 mv "$work/servers.txt.new" "$work/servers.txt"
 if [ "$mode" = profile ]; then
-    mkdir -p "$here/profiles"
+    mkdir -p "$here/profiles" "$work/results/logs"
     (cd "$work" && python3 tools/profile.py "$servers" "$scenarios" "${3:-4}") \
         | tee "$here/profiles/$servers-$scenarios.txt"
     exit 0

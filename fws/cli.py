@@ -15,7 +15,13 @@ from collections.abc import Sequence
 
 from fws.config import Config, ConfigError, resolve
 from fws.pipeline import FilterLoadError, load_pipeline
-from fws.service import ListenError, fail_startup, install_stop_signals, make_service
+from fws.service import (
+    ListenError,
+    check_report,
+    fail_startup,
+    install_stop_signals,
+    make_service,
+)
 
 PROG = "fws_server"
 
@@ -34,9 +40,13 @@ def start_logging(config: Config) -> None:
     txaio.use_twisted()
     txaio.set_global_log_level(config.log_level)
     level = LogLevel.levelWithName(config.log_level)
-    observer = FilteringLogObserver(
-        textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(defaultLogLevel=level)]
-    )
+    if config.log_format == "json":
+        from fws.logs import json_observer
+
+        sink = json_observer(sys.stderr)
+    else:
+        sink = textFileLogObserver(sys.stderr)
+    observer = FilteringLogObserver(sink, [LogLevelFilterPredicate(defaultLogLevel=level)])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
@@ -57,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         service = make_service(config, reactor, pipeline)
     except (ConfigError, FilterLoadError) as e:
         fail_startup(PROG, str(e), 2)
+    if config.options.get("check"):
+        sys.stdout.write(check_report(service))
+        return
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # filters print lines; pipes see them at once
     start_logging(config)

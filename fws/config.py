@@ -97,6 +97,22 @@ CORE_OPTIONS: tuple[Option, ...] = (
            "before dropping them", "float", 5.0, (), "SECONDS"),
     Option("drain_period", "seconds over which SIGTERM spreads the 1001 closes, so that clients "
            "do not all reconnect at once", "float", 2.0, (), "SECONDS"),
+    # --- operations (fws.web, fws.metrics, fws.logs) ---
+    Option("admin", "endpoint serving /healthz, /readyz and /metrics over plain HTTP, "
+           "repeatable: tcp:9100:interface=127.0.0.1 (keep it private)", "list", (), (),
+           "ENDPOINT"),
+    Option("static", "directory of files the WebSocket port also serves over plain HTTP "
+           "(index.html at /)", "str", None, (), "DIR"),
+    Option("public_health", "also answer /healthz and /readyz on the WebSocket port (for load "
+           "balancers that can only check the port they send traffic to)", "flag", False),
+    Option("public_metrics", "also serve /metrics on the WebSocket port (it tells anyone how "
+           "busy the server is)", "flag", False),
+    Option("log_format", "format of fws_server's log on stderr: text, or json (one object per "
+           "line; under twistd use --logger fws.logs.json_logger)", "str", "text", (), "FORMAT",
+           ("text", "json")),
+    Option("check", "check the configuration: load every filter and the storage module, print "
+           "the pipeline per event and exit (0: usable, 2: not) without listening", "flag",
+           False),
     # --- limits (fws.limits) ---
     Option("max_message_size", "largest message in bytes; a larger one closes the connection "
            "with 1009", "int", 1024 * 1024, (), "BYTES"),
@@ -165,6 +181,23 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     #: Every resolved option by name (core and storage ones), for filters to read.
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: Endpoints of the admin HTTP server (/healthz, /readyz, /metrics).
+    admin: tuple[str, ...] = ()
+    #: Directory served over HTTP on the WebSocket port.
+    static: str | None = None
+    public_health: bool = False
+    public_metrics: bool = False
+    log_format: str = "text"
+
+    @property
+    def metrics_enabled(self) -> bool:
+        """Metrics are kept per filter only when something serves them."""
+        return bool(self.admin) or self.public_metrics
+
+    @property
+    def public_http(self) -> bool:
+        """Whether the WebSocket port also answers plain HTTP requests."""
+        return bool(self.static) or self.public_health or self.public_metrics
 
 
 class _Parser(argparse.ArgumentParser):
@@ -266,7 +299,7 @@ def _split_list(values: Any, what: str) -> tuple[str, ...]:
 def _coerce(opt: Option, value: Any, source: str) -> Any:
     what = f"{opt.name} ({source})"
     if opt.kind == "list":
-        if opt.name == "listen":
+        if opt.name in ("listen", "admin"):
             # endpoint strings may hold commas (in paths); only the environment splits, on spaces
             if isinstance(value, str):
                 value = value.split() if source.startswith("$") else [value]
@@ -404,6 +437,10 @@ def _build(values: Mapping[str, Any], extra: Sequence[Option]) -> Config:
         filters = DEFAULT_FILTERS
     if not filters:
         raise ConfigError("no filters given")
+    static = values.get("static") or None
+    if static is not None and not os.path.isdir(static):
+        reason = "does not exist" if not os.path.exists(static) else "is not a directory"
+        raise ConfigError(f"static directory {static} {reason}")
     stop_timeout = float(values.get("stop_timeout", 5.0))
     if stop_timeout < 0:
         raise ConfigError("stop_timeout must not be negative")
@@ -420,6 +457,11 @@ def _build(values: Mapping[str, Any], extra: Sequence[Option]) -> Config:
         storage_options={opt.name: values.get(opt.name) for opt in extra},
         limits=limits,
         options=dict(values),
+        admin=tuple(values.get("admin") or ()),
+        static=os.path.abspath(static) if static else None,
+        public_health=bool(values.get("public_health")),
+        public_metrics=bool(values.get("public_metrics")),
+        log_format=values.get("log_format") or "text",
     )
 
 

@@ -18,7 +18,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from fws.limits import CLOSE_GOING_AWAY, CLOSE_IDLE, Limits
-
+from fws.metrics import Stats
 from fws.pipeline import FilterPipeline, run_chain
 from fws.protocol import FwsRawDataProtocol, FwsServerProtocol, normalize_payload
 from fws.storage_objects import StorageObject
@@ -68,6 +68,13 @@ class FwsServerFactory(WebSocketServerFactory):
         self._dirty: list[FwsServerProtocol] = []
         self._flush_call: Any = None
         self.storage_object = storage_object
+        #: Counters for metrics (plain integers: cheap enough to keep always).
+        self.stats = Stats()
+        #: The Prometheus registry when metrics are served (:class:`fws.metrics.FwsMetrics`).
+        self.metrics: Any = None
+        #: One info line per connection open and close (off below --log-level info).
+        level = "debug" if self.options.get("debug") else self.options.get("log_level") or "info"
+        self.log_connections = level in ("debug", "info")
         self.node_id = node_id or secrets.token_hex(6)
         self.users: dict[str, FwsServerProtocol] = {}
         self.groups: dict[str, dict[str, FwsServerProtocol]] = {}
@@ -105,6 +112,7 @@ class FwsServerFactory(WebSocketServerFactory):
             if conn.messages_in != conn._idle_mark:
                 conn._idle_mark, conn._idle_since = conn.messages_in, now
             elif now - conn._idle_since >= self.limits.idle_timeout:
+                self.stats.hit("idle_timeout")
                 conn.close(CLOSE_IDLE, "idle timeout")
 
     def buildProtocol(self, addr: Any) -> FwsServerProtocol:
@@ -215,6 +223,12 @@ class FwsServerFactory(WebSocketServerFactory):
                 else:
                     conn._out = [out, frame]
             sent += 1
+        if sent:
+            stats = self.stats
+            stats.broadcasts += 1
+            stats.deliveries += sent
+            stats.messages_out += sent
+            stats.bytes_out += sent * len(frame)
         if dirty and self._flush_call is None:
             self._flush_call = self.reactor.callLater(0, self._flush)
         return sent
@@ -287,6 +301,7 @@ class FwsServerFactory(WebSocketServerFactory):
         :param group: Token group name, or ``None`` for every user.
         :param exclude_id: Id of the sender, never sent back to.
         """
+        self.stats.relayed_received += 1
         if group is None:
             recipients: Iterable[FwsServerProtocol] = self.users.values()
         else:
@@ -306,6 +321,7 @@ class FwsServerFactory(WebSocketServerFactory):
         Messages are processed in arrival order even when consumer filters go
         asynchronous.
         """
+        self.stats.pubsub_received += 1
         if not self.pipeline.consumer:
             return
         if self._consumer_backlog is not None:

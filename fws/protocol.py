@@ -210,6 +210,9 @@ class FwsServerProtocol(WebSocketServerProtocol):
                 and not sync and not self.autoFragmentSize:
             # The fast path: frame it here; it leaves with this turn's flush.
             frame = encode_frame(data, binary)
+            stats = self.factory.stats
+            stats.messages_out += 1
+            stats.bytes_out += len(frame)
             out = self._out
             if out is None:
                 self._out = frame
@@ -219,6 +222,9 @@ class FwsServerProtocol(WebSocketServerProtocol):
             else:
                 self._out = [out, frame]
             return
+        stats = self.factory.stats
+        stats.messages_out += 1
+        stats.bytes_out += len(data)
         super().sendMessage(data, binary, fragmentSize, sync, doNotCompress)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
@@ -274,10 +280,12 @@ class FwsServerProtocol(WebSocketServerProtocol):
         if self.factory.limits.slow_consumer_action == "drop":
             if not self.send_full:
                 self.send_full = True
+                self.factory.stats.slow_consumer_drops += 1
                 self._log.info("connection {conn_id} is {unsent} bytes behind; dropping messages "
                                "to it until it catches up", conn_id=self.id, unsent=self._unsent)
             return
         self._slow = True
+        self.factory.stats.slow_consumer_closes += 1
         self._log.info("closing slow consumer {conn_id}: {unsent} bytes unsent", conn_id=self.id,
                        unsent=self._unsent)
         self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
@@ -365,6 +373,9 @@ class FwsServerProtocol(WebSocketServerProtocol):
         self._direct = can_write_directly(self.transport)
         # The transport pauses this producer when its buffer is full and resumes
         # it when the buffer has drained: that is how fws knows a client is not reading.
+        # (A connection taken over from twisted.web still has its HTTP channel registered.)
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()
         self.transport.registerProducer(_WriteWatch(self), True)
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -373,16 +384,42 @@ class FwsServerProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request: ConnectionRequest) -> Any:
         self.request = request
+        try:
+            outcome = self._admit(request)
+        except ConnectionDeny as e:
+            self._refused(e)
+            raise
+        if isinstance(outcome, Deferred):
+            outcome.addErrback(self._refused_later)
+        return outcome
+
+    def _refused(self, deny: ConnectionDeny) -> None:
+        self.factory.stats.refused[deny.code] = self.factory.stats.refused.get(deny.code, 0) + 1
+        if self.factory.log_connections:
+            self._log.info("refused connection {conn_id} from {peer}: {status} {reason}",
+                           conn_id=self.id, peer=self.client_ip, status=deny.code,
+                           reason=deny.reason)
+
+    def _refused_later(self, failure: Any) -> Any:
+        if failure.check(ConnectionDeny):
+            self._refused(failure.value)
+        return failure
+
+    def _admit(self, request: ConnectionRequest) -> Any:
+        """The checks of ``onConnect``: limits, then the connect chain."""
         limits = self.factory.limits
         if limits.trusted_proxies:
             self.client_ip = _forwarded_client(self.client_ip, request, limits)
         if limits.allowed_origins and not origin_allowed(request.origin, limits.allowed_origins):
+            self.factory.stats.hit("allowed_origins")
             raise ConnectionDeny(403, "origin not allowed")
         if limits.max_connections and len(self.factory.users) >= limits.max_connections:
+            self.factory.stats.hit("max_connections")
             raise ConnectionDeny(503, "too many connections")
         if limits.max_connections_per_ip and (
             self.factory.per_ip.get(self.client_ip, 0) >= limits.max_connections_per_ip
         ):
+            self.factory.stats.hit("max_connections_per_ip")
             raise ConnectionDeny(429, "too many connections from this address")
         chain = self.factory.pipeline.connect
         if not chain:
@@ -399,6 +436,12 @@ class FwsServerProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self._opened = True
+        factory = self.factory
+        factory.stats.opened += 1
+        if factory.log_connections:
+            request = self.request
+            self._log.info("connection {conn_id} open from {peer} to {path}", conn_id=self.id,
+                           peer=self.client_ip, path=request.path if request else "/")
         limits = self.factory.limits
         if limits.max_message_rate > 0:
             self._rate = limits.max_message_rate
@@ -408,6 +451,9 @@ class FwsServerProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.messages_in += 1
+        stats = self.factory.stats
+        stats.messages_in += 1
+        stats.bytes_in += len(payload)
         if self._rate and not self._take_token():
             return
         chain = self.factory.pipeline.message
@@ -428,7 +474,23 @@ class FwsServerProtocol(WebSocketServerProtocol):
         if not self._opened:
             return
         self._opened = False
-        self.factory.unregister(self)
+        factory = self.factory
+        factory.unregister(self)
+        # The code the close was about: ours when fws closed (the client merely echoes
+        # it, or answers 1000), the client's otherwise; 1006 when no close frame came.
+        by = "server" if self.closedByMe else "client"
+        shown = self.localCloseCode if self.closedByMe and self.localCloseCode else code
+        if shown is None or not wasClean and not self.closedByMe:
+            shown = 1006
+        reason = self.localCloseReason if self.closedByMe and self.localCloseCode else reason
+        closed = factory.stats.closed
+        key = (shown, by)
+        closed[key] = closed.get(key, 0) + 1
+        if factory.log_connections:
+            self._log.info("connection {conn_id} from {peer} closed by the {by}: {code}{reason}, "
+                           "after {messages_in} messages in", conn_id=self.id, peer=self.client_ip,
+                           by=by, code=shown, reason=f" {reason}" if reason else "",
+                           messages_in=self.messages_in, clean=wasClean)
         info = CloseInfo(code, reason, wasClean)
         if not self.factory.pipeline.disconnect:
             return
@@ -448,6 +510,7 @@ class FwsServerProtocol(WebSocketServerProtocol):
             self._tokens = tokens - 1.0
             return True
         self._tokens = tokens
+        self.factory.stats.hit("max_message_rate")
         if self.factory.limits.rate_limit_action == "close":
             self._log.info("connection {conn_id} sent faster than {rate}/s; closing",
                            conn_id=self.id, rate=self._rate)

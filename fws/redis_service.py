@@ -141,6 +141,7 @@ class _FailFastHandler(txredisapi.ConnectionHandler):
         def call(*args: Any, **kwargs: Any) -> Deferred[Any]:
             if factory.size == 0:
                 factory.owner._dropped += 1
+                factory.owner.failed_fast += 1
                 return fail(RedisUnavailable("Redis is not connected"))
             result: Deferred[Any] = wrapped(*args, **kwargs)
             return result
@@ -235,6 +236,10 @@ class RedisService(Service):
         self._down_since: dict[str, float | None] = {"command": None, "subscriber": None}
         self._ever_up = {"command": False, "subscriber": False}
         self._dropped = 0
+        #: Connections lost / back after an outage, per kind; commands failed fast (metrics).
+        self.outages = {"command": 0, "subscriber": 0}
+        self.reconnects = {"command": 0, "subscriber": 0}
+        self.failed_fast = 0
 
     @property
     def ready(self) -> bool:
@@ -252,6 +257,7 @@ class RedisService(Service):
         """Run one command, failing with :class:`RedisUnavailable` when not connected."""
         if self._commands is None:
             self._dropped += 1
+            self.failed_fast += 1
             return fail(RedisUnavailable("the Redis service is not running"))
         result: Deferred[Any] = getattr(self._commands.handler, method)(*args)
         return result
@@ -309,6 +315,7 @@ class RedisService(Service):
 
     def _went_down(self, kind: str, what_is_lost: str) -> None:
         self._down_since[kind] = time.monotonic()
+        self.outages[kind] += 1
         if self.running:
             log.warn("lost the Redis {kind} connection to {address}: {lost}", kind=kind,
                      address=self.address.describe(), lost=what_is_lost)
@@ -321,6 +328,7 @@ class RedisService(Service):
             log.info("Redis {kind} connection ready ({address}){detail}", kind=kind,
                      address=self.address.describe(), detail=detail)
         else:
+            self.reconnects[kind] += 1
             outage = time.monotonic() - since if since is not None else 0.0
             log.info("Redis {kind} connection back after {outage:.1f}s{detail}", kind=kind,
                      outage=outage, detail=detail)

@@ -41,11 +41,12 @@ class ListeningService(Service):
     ports it had already opened, so nothing is left listening.
     """
 
-    name = "websocket"
-
-    def __init__(self, endpoints: list[tuple[str, IStreamServerEndpoint]], factory: Any) -> None:
+    def __init__(self, endpoints: list[tuple[str, IStreamServerEndpoint]], factory: Any,
+                 name: str = "websocket", what: str = "fws") -> None:
         self.endpoints = endpoints
         self.factory = factory
+        self.name = name
+        self.what = what
         self.ports: list[IListeningPort] = []
 
     def privilegedStartService(self) -> None:
@@ -62,8 +63,8 @@ class ListeningService(Service):
                 self._close_ports()
                 raise ListenError(f"cannot listen on {description}: {_listen_reason(result)}")
             self.ports.append(result)
-            log.info("fws listening on {address} ({endpoint})", address=_address(result),
-                     endpoint=description)
+            log.info("{what} listening on {address} ({endpoint})", what=self.what,
+                     address=_address(result), endpoint=description)
 
     def startService(self) -> None:
         if not self.ports:
@@ -99,29 +100,70 @@ def _address(port: IListeningPort) -> str:
 
 class FwsService(MultiService):
     """
-    The root of the tree: storage, then the WebSocket listener.
+    The root of the tree: storage, the WebSocket listener, and the admin listener.
 
-    ``stopService`` runs in a fixed order, not MultiService's all-at-once: stop
-    accepting, close every client with 1001 and wait (up to
-    ``config.stop_timeout``), then stop storage, so nothing a filter does
-    during the close handshakes finds storage gone.
+    ``stopService`` runs in a fixed order, not MultiService's all-at-once:
+    ``/readyz`` turns 503 (draining), stop accepting, close every client with
+    1001 and wait (up to ``config.stop_timeout``), stop storage, so nothing a
+    filter does during the close handshakes finds storage gone, and close the
+    admin endpoint last, so that health checks see the drain.
+
+    :ivar metrics: The Prometheus registry (:class:`fws.metrics.FwsMetrics`)
+        when metrics are served, else ``None``.
+    :ivar heartbeat: Measures reactor lag for ``/healthz`` (when served).
     """
 
     def __init__(self, config: Config, factory: FwsServerFactory, storage: Any,
-                 listener: ListeningService) -> None:
+                 listener: ListeningService, *, metrics: Any = None,
+                 heartbeat: Any = None) -> None:
         super().__init__()
         self.config = config
         self.factory = factory
         self.storage = storage
         self.listener = listener
+        #: The admin endpoint's listener, if any (set by :func:`make_service`).
+        self.admin: ListeningService | None = None
+        self.metrics = metrics
+        self.heartbeat = heartbeat
+        self.draining = False
         storage.setServiceParent(self)
         listener.setServiceParent(self)
 
+    def readiness(self) -> tuple[bool, dict[str, str]]:
+        """
+        Whether this node should get new connections, with one line per check
+        (what ``/readyz`` answers).
+        """
+        checks = {"listening": "ok" if self.listener.ports else "not listening"}
+        if self.draining:
+            checks["draining"] = "shutting down"
+        ready = getattr(self.storage, "ready", None)
+        if ready is not None:
+            redis = getattr(self.storage, "redis", None)
+            if ready:
+                checks["storage"] = "ok"
+            elif redis is not None:
+                checks["storage"] = ("not connected to Redis" if not redis.commands_connected
+                                     else "not subscribed on Redis")
+            else:
+                checks["storage"] = "not ready"
+        return all(v == "ok" for v in checks.values()), checks
+
+    def startService(self) -> None:
+        super().startService()
+        if self.heartbeat is not None:
+            self.heartbeat.start()
+
     async def _stop(self) -> None:
+        self.draining = True
         await self.listener.stopService()
         await self.factory.close_all(timeout=self.config.stop_timeout,
                                      drain_period=self.config.limits.drain_period)
         await maybeDeferred(self.storage.stopService)
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        if self.admin is not None:
+            await self.admin.stopService()
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
@@ -133,12 +175,27 @@ def build_pipeline(config: Config) -> FilterPipeline:
     return load_pipeline(config.filters, config)
 
 
-def parse_endpoints(config: Config, reactor: Any) -> list[tuple[str, IStreamServerEndpoint]]:
+#: Listen backlog for TCP, TLS and unix endpoints that do not set one. Twisted's
+#: default (50) drops SYNs as soon as a burst of clients reconnects at once.
+DEFAULT_BACKLOG = 1024
+
+
+def with_backlog(description: str) -> str:
+    """``description`` with ``:backlog=1024`` added when it is a stream endpoint without one."""
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in description:
+        return f"{description}:backlog={DEFAULT_BACKLOG}"
+    return description
+
+
+def parse_endpoints(config: Config, reactor: Any,
+                    descriptions: tuple[str, ...] | None = None
+                    ) -> list[tuple[str, IStreamServerEndpoint]]:
     """Parse every listen string now, so a typo or a bad key file fails before anything starts."""
     endpoints = []
-    for description in config.listen:
+    for description in config.listen if descriptions is None else descriptions:
         try:
-            endpoints.append((description, serverFromString(reactor, description)))
+            endpoints.append((description, serverFromString(reactor, with_backlog(description))))
         except Exception as e:  # ValueError, OpenSSL errors, KeyError for unknown arguments ...
             raise ConfigError(f"bad endpoint {description!r}: {_one_line(e)}") from e
     return endpoints
@@ -168,11 +225,62 @@ def make_service(
     if pipeline is None:
         pipeline = build_pipeline(config)
     pipeline = pipeline.with_timeout(config.limits.filter_timeout, reactor)
+    metrics = None
+    if config.metrics_enabled:
+        from fws.metrics import FwsMetrics
+
+        metrics = FwsMetrics()
+        pipeline = pipeline.with_metrics(metrics)
     storage = load_storage_module(config.storage).make_storage_object(config, reactor)
     factory = FwsServerFactory(pipeline, storage, reactor=reactor, limits=config.limits,
                                options=config.options)
-    listener = ListeningService(parse_endpoints(config, reactor), factory)
-    return FwsService(config, factory, storage, listener)
+    factory.metrics = metrics
+    endpoints = parse_endpoints(config, reactor)
+    admin_endpoints = parse_endpoints(config, reactor, config.admin) if config.admin else []
+    heartbeat = None
+    if config.admin or config.public_health:
+        from fws.web import Heartbeat
+
+        heartbeat = Heartbeat(reactor)
+    listener = ListeningService(endpoints, factory)
+    service = FwsService(config, factory, storage, listener, metrics=metrics,
+                         heartbeat=heartbeat)
+    # The HTTP sites answer for the whole service (readiness), so they come after it.
+    if config.public_http:
+        from fws.web import public_site
+
+        listener.factory = public_site(factory, service, config.static, config.public_health,
+                                       metrics if config.public_metrics else None)
+    if admin_endpoints:
+        from fws.web import admin_site
+
+        service.admin = ListeningService(admin_endpoints, admin_site(service, metrics),
+                                         name="admin", what="fws admin (/healthz /readyz /metrics)")
+        service.admin.setServiceParent(service)
+    if metrics is not None:
+        metrics.watch(factory, service)
+    return service
+
+
+def check_report(service: FwsService) -> str:
+    """What ``--check`` prints: the resolved configuration and the pipeline per event."""
+    from fws.filters.base import EVENTS
+
+    config = service.config
+    pipeline = service.factory.pipeline
+    lines = ["configuration OK"]
+    lines.append("listen:  " + "  ".join(config.listen))
+    lines.append("admin:   " + ("  ".join(config.admin) if config.admin else "(none)"))
+    if config.static:
+        lines.append(f"static:  {config.static}")
+    lines.append(f"storage: {config.storage}")
+    lines.append("filters: " + " ".join(config.filters))
+    lines.append("pipeline:")
+    width = max(len(e) for e in EVENTS)
+    for event in EVENTS:
+        names = [entry.name for entry in pipeline.chain(event)]
+        lines.append(f"  {event.ljust(width)}  " + (" | ".join(names) if names else "(nothing)"))
+    return "\n".join(lines) + "\n"
 
 
 def install_stop_signals(reactor: Any) -> None:

@@ -17,7 +17,14 @@ from twisted.python import usage
 
 from fws.config import Config, ConfigError, build_parser, resolve
 from fws.pipeline import FilterLoadError, FilterPipeline, load_pipeline
-from fws.service import FwsService, ListenError, fail_startup, install_stop_signals, make_service
+from fws.service import (
+    FwsService,
+    ListenError,
+    check_report,
+    fail_startup,
+    install_stop_signals,
+    make_service,
+)
 
 PROG = "twistd fws"
 
@@ -37,8 +44,17 @@ class Options(usage.Options):
             config = resolve(args, prog=PROG, print_help=_print_help)
             if config is None:
                 raise SystemExit(0)
+            if config.log_format != "text":
+                raise ConfigError("--log-format is fws_server's; twistd owns logging here: "
+                                  "twistd --logger fws.logs.json_logger fws ...")
             self["config"] = config
             self["pipeline"] = load_pipeline(config.filters, config)
+            if config.options.get("check"):
+                from twisted.internet import reactor
+
+                service = make_service(config, reactor, self["pipeline"])
+                sys.stdout.write(check_report(service))
+                raise SystemExit(0)
         except (ConfigError, FilterLoadError) as e:
             fail_startup(PROG, str(e), 2)
 

@@ -10,6 +10,7 @@ import os
 import signal
 import struct
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from fws.pipeline import FilterLoadError, load_pipeline
 from tests.helpers import Server, write_module
 from tests.processes import FwsProcess
 from tests.rawws import RawClient, frame
+from tests.redis_support import free_port
 
 
 async def refused(server: Server, path: str = "/", **kw: Any) -> str:
@@ -137,6 +139,8 @@ async def test_message_rate_close_and_drop(reactor: Any) -> None:
         for i in range(30):
             fast.send(f"{i}")
         assert await fast.closed == 1008
+        assert server.factory.stats.closed[(1008, "server")] == 1
+        assert server.factory.stats.limit_hits["max_message_rate"] == 1  # one close, not 25
         polite = await server.connect()
         for i in range(5):
             polite.send(f"{i}")
@@ -315,6 +319,8 @@ async def test_idle_timeout(reactor: Any) -> None:
             await deferLater(reactor, 0.1, lambda: None)
         assert await quiet.closed == 4000
         assert chatty.state == chatty.STATE_OPEN
+        assert server.factory.stats.limit_hits == {"idle_timeout": 1}
+        assert server.factory.stats.closed == {(4000, "server"): 1}
     finally:
         await server.stop()
 
@@ -400,8 +406,10 @@ def rss_kib(pid: int) -> int:
 
 @pytest.mark.parametrize("action", ["close", "drop"])
 def test_slow_consumer_memory_stays_bounded(processes: list[FwsProcess], action: str) -> None:
+    admin = free_port()
     proc = start(processes, "-f", "broadcast_messages", "--max-send-buffer", str(1024 * 1024),
-                 "--slow-consumer-action", action, "--max-message-rate", "0")
+                 "--slow-consumer-action", action, "--max-message-rate", "0",
+                 "--admin", f"tcp:{admin}:interface=127.0.0.1")
     assert proc.proc is not None
     slow = RawClient(proc.port, rcvbuf=4096)  # handshakes, then never reads
     message = os.urandom(60 * 1024)
@@ -422,6 +430,10 @@ def test_slow_consumer_memory_stays_bounded(processes: list[FwsProcess], action:
         assert slow.closed_by_server(timeout=10)
     else:
         proc.wait_for_line("dropping messages to it")
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10).read()
+    name = "fws_slow_consumer_disconnects_total" if action == "close" else \
+        "fws_slow_consumer_drops_total"
+    assert f"{name} 1.0".encode() in metrics.splitlines()
     slow.close()
 
 

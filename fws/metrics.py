@@ -1,0 +1,198 @@
+"""
+Counters the server keeps always, and the Prometheus view of them.
+
+The hot paths only add to plain integers on a :class:`Stats` object (an
+attribute increment per message, one addition per broadcast, never per
+recipient); :class:`FwsCollector` turns them into metric families when
+Prometheus scrapes, so a server nobody scrapes pays nothing for metrics.
+Per-filter call counts, errors and latency histograms are different: they
+wrap every filter call, so :meth:`fws.pipeline.FilterPipeline.with_metrics`
+installs them only when metrics are served (``--admin`` or
+``--public-metrics``).
+
+Each server has its own :class:`~prometheus_client.CollectorRegistry`, not
+the process-global one, so several servers in one process (tests, embedding
+applications) do not collide; an application that wants its own metrics next
+to fws's registers them on ``factory.metrics.registry``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+#: Filter latency buckets in seconds: filters are usually microseconds, an
+#: asynchronous one that waits on Redis or HTTP milliseconds to seconds.
+FILTER_BUCKETS = (0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+                  5.0, 10.0)
+
+
+class Stats:
+    """
+    Plain counters, updated in place by the protocol and the factory.
+
+    :ivar closed: (close code, "server" or "client") -> connections closed so
+        (1006: the connection ended without a close frame).
+    :ivar refused: HTTP status -> handshakes refused with it.
+    :ivar limit_hits: limit name -> times it acted (refused, closed or dropped).
+    """
+
+    __slots__ = ("opened", "closed", "refused", "messages_in", "bytes_in", "messages_out",
+                 "bytes_out", "broadcasts", "deliveries", "slow_consumer_closes",
+                 "slow_consumer_drops", "limit_hits", "pubsub_received", "relayed_received",
+                 "started")
+
+    def __init__(self) -> None:
+        self.opened = 0
+        self.closed: dict[tuple[int, str], int] = {}
+        self.refused: dict[int, int] = {}
+        self.messages_in = 0
+        self.bytes_in = 0
+        self.messages_out = 0
+        self.bytes_out = 0
+        self.broadcasts = 0
+        self.deliveries = 0
+        self.slow_consumer_closes = 0
+        self.slow_consumer_drops = 0
+        self.limit_hits: dict[str, int] = {}
+        self.pubsub_received = 0
+        self.relayed_received = 0
+        self.started = time.time()
+
+    def hit(self, limit: str) -> None:
+        """Count one action of limit ``limit``."""
+        self.limit_hits[limit] = self.limit_hits.get(limit, 0) + 1
+
+
+class FwsCollector(Collector):
+    """Reads a server's :class:`Stats` (and its storage's Redis state) at scrape time."""
+
+    def __init__(self, factory: Any, service: Any = None) -> None:
+        self.factory = factory
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        factory = self.factory
+        stats: Stats = factory.stats
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, value=value)
+
+        yield GaugeMetricFamily("fws_connections_open", "Open WebSocket connections.",
+                                value=len(factory.users))
+        yield GaugeMetricFamily("fws_connections_handshaking",
+                                "TCP connections still in their opening handshake.",
+                                value=len(factory.connections) - len(factory.users))
+        yield GaugeMetricFamily("fws_groups", "Token groups with local members.",
+                                value=len(factory.groups))
+        yield counter("fws_connections_opened", "WebSocket connections opened.", stats.opened)
+        closed = CounterMetricFamily("fws_connections_closed",
+                                     "WebSocket connections closed, by close code and by who "
+                                     "closed (server or client); 1006: no close frame.",
+                                     labels=["code", "by"])
+        for (code, by), n in sorted(stats.closed.items()):
+            closed.add_metric([str(code), by], n)
+        yield closed
+        refused = CounterMetricFamily("fws_handshakes_refused",
+                                      "Opening handshakes refused, by HTTP status.",
+                                      labels=["status"])
+        for status, n in sorted(stats.refused.items()):
+            refused.add_metric([str(status)], n)
+        yield refused
+        yield counter("fws_messages_received", "Messages received from clients.",
+                      stats.messages_in)
+        yield counter("fws_received_bytes", "Payload bytes received from clients.",
+                      stats.bytes_in)
+        yield counter("fws_messages_sent", "Messages sent to clients (every delivery counts).",
+                      stats.messages_out)
+        yield counter("fws_sent_bytes", "Frame bytes sent to clients.", stats.bytes_out)
+        yield counter("fws_broadcasts", "Broadcasts (one message to many connections).",
+                      stats.broadcasts)
+        yield counter("fws_broadcast_deliveries", "Connections broadcasts were delivered to.",
+                      stats.deliveries)
+        yield counter("fws_slow_consumer_disconnects",
+                      "Connections closed (4008) for not reading their messages.",
+                      stats.slow_consumer_closes)
+        yield counter("fws_slow_consumer_drops",
+                      "Times a client fell --max-send-buffer behind and messages to it "
+                      "started to be dropped (--slow-consumer-action drop).",
+                      stats.slow_consumer_drops)
+        hits = CounterMetricFamily("fws_limit_hits", "Times a limit acted, by limit.",
+                                   labels=["limit"])
+        for limit, n in sorted(stats.limit_hits.items()):
+            hits.add_metric([limit], n)
+        yield hits
+        yield counter("fws_pubsub_messages_received",
+                      "Pub/sub messages fed to the consumer chain.", stats.pubsub_received)
+        yield counter("fws_relayed_broadcasts_received",
+                      "Broadcasts relayed by other nodes through Redis.", stats.relayed_received)
+        yield GaugeMetricFamily("fws_start_time_seconds", "When this server started (Unix time).",
+                                value=stats.started)
+        if self.service is not None:
+            yield GaugeMetricFamily("fws_ready", "1 when /readyz says ready.",
+                                    value=1 if self.service.readiness()[0] else 0)
+        redis = getattr(getattr(factory, "storage_object", None), "redis", None)
+        if redis is not None:
+            yield from redis_metrics(redis)
+
+
+def redis_metrics(redis: Any) -> Iterator[Metric]:
+    """The state of a :class:`fws.redis_service.RedisService`."""
+    up = GaugeMetricFamily("fws_redis_connected", "1 while the Redis connection is up.",
+                           labels=["connection"])
+    up.add_metric(["command"], 1 if redis.commands_connected else 0)
+    up.add_metric(["subscriber"], 1 if redis.subscribed else 0)
+    yield up
+    outages = CounterMetricFamily("fws_redis_outages", "Times a Redis connection was lost.",
+                                  labels=["connection"])
+    reconnects = CounterMetricFamily("fws_redis_reconnects",
+                                     "Times a Redis connection came back after an outage.",
+                                     labels=["connection"])
+    for kind in ("command", "subscriber"):
+        outages.add_metric([kind], redis.outages[kind])
+        reconnects.add_metric([kind], redis.reconnects[kind])
+    yield outages
+    yield reconnects
+    yield CounterMetricFamily("fws_redis_commands_failed_fast",
+                              "Storage commands failed at once because Redis was down.",
+                              value=redis.failed_fast)
+
+
+class FwsMetrics:
+    """
+    One server's Prometheus registry: the :class:`FwsCollector` and the
+    per-filter metrics.
+    """
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.filter_seconds = Histogram(
+            "fws_filter_seconds",
+            "Time a filter took per call, until its Deferred or coroutine finished "
+            "(the _count is the number of calls).",
+            ["filter", "event"], buckets=FILTER_BUCKETS, registry=self.registry,
+        )
+        self.filter_errors = Counter(
+            "fws_filter_errors", "Filter calls that raised, failed or timed out.",
+            ["filter", "event"], registry=self.registry,
+        )
+
+    def watch(self, factory: Any, service: Any = None) -> None:
+        """Export ``factory``'s counters (and ``service``'s readiness)."""
+        self.registry.register(FwsCollector(factory, service))
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text exposition format and its content type."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+__all__ = ["FILTER_BUCKETS", "FwsCollector", "FwsMetrics", "Stats", "redis_metrics"]
