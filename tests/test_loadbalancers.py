@@ -1,0 +1,149 @@
+"""
+Several fws nodes behind the load balancer configurations of the docs
+(``docs/deploy/nginx.conf`` and ``docs/deploy/haproxy.cfg``), exactly as
+written but for the ports: real nginx and HAProxy processes, real fws
+processes joined by a private Redis, real WebSocket clients.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import socket
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.sync.client import connect as ws_connect
+
+from tests.processes import FwsProcess
+from tests.redis_support import RedisProcess, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "docs" / "deploy"
+MISSING = "install it (Debian: nginx-light, haproxy) — .ci/run does"
+
+
+def wait_for_port(port: int, proc: FwsProcess, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.proc is not None and proc.proc.poll() is not None:
+                raise AssertionError("exited:\n" + "\n".join(proc.lines())) from None
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}:\n" + "\n".join(proc.lines()))
+
+
+def start_nodes(processes: list[FwsProcess], redis: RedisProcess) -> dict[str, int]:
+    ports = {"9001": free_port(), "9002": free_port(), "9101": free_port(), "9102": free_port(),
+             "8080": free_port()}
+    for node, admin in (("9001", "9101"), ("9002", "9102")):
+        proc = FwsProcess(["-p", str(ports[node]), "-i", "127.0.0.1",
+                           "-f", "fws.filters.broadcast_messages_by_token",
+                           "--storage", "fws.storage_objects.redis", "--redis-host", "127.0.0.1",
+                           "--redis-port", str(redis.port), "--trusted-proxies", "127.0.0.1",
+                           "--admin", f"tcp:{ports[admin]}:interface=127.0.0.1",
+                           "--drain-period", "0"], port=ports[node])
+        processes.append(proc)
+        proc.start()
+        proc.wait_for_line("Redis subscriber connection ready")
+    return ports
+
+
+def with_ports(text: str, ports: dict[str, int]) -> str:
+    return re.sub(r"\b(9001|9002|9101|9102|8080)\b", lambda m: str(ports[m.group(1)]), text)
+
+
+def join(stack: ExitStack, url: str, room: str) -> Any:
+    ws = stack.enter_context(ws_connect(url, open_timeout=10))
+    ws.send(f"token:{room}")
+    assert ws.recv(timeout=10) == f"Successfully registered with broadcast group: {room}"
+    return ws
+
+
+def check_cluster(url: str, nodes: list[FwsProcess]) -> None:
+    """Clients land on both nodes, and a message reaches the room on both."""
+    with ExitStack() as stack:
+        clients = [join(stack, url, "lobby") for _ in range(4)]
+        for node in nodes:
+            node.wait_for_line("open from 127.0.0.1 to /")
+        clients[0].send("hello from the load balancer")
+        for ws in clients[1:]:
+            assert ws.recv(timeout=10) == "hello from the load balancer"
+
+
+def survive_node_stop(url: str, nodes: list[FwsProcess]) -> None:
+    """With one node stopped (SIGTERM), every new connection still gets in."""
+    nodes[0].signal(signal.SIGTERM)
+    assert nodes[0].wait(15) == 0
+    with ExitStack() as stack:
+        clients = [join(stack, url, "after") for _ in range(6)]
+        clients[0].send("still here")
+        for ws in clients[1:]:
+            assert ws.recv(timeout=10) == "still here"
+
+
+def test_nginx_config(tmp_path: Path, redis: RedisProcess, processes: list[FwsProcess]) -> None:
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if nginx is None:
+        pytest.skip(f"nginx is not installed: {MISSING}")
+    ports = start_nodes(processes, redis)
+    snippet = tmp_path / "fws.conf"
+    snippet.write_text(with_ports((DEPLOY / "nginx.conf").read_text(), ports)
+                       .replace(f"listen {ports['8080']};", f"listen 127.0.0.1:{ports['8080']};"))
+    for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (tmp_path / d).mkdir()
+    main = tmp_path / "nginx.conf"
+    main.write_text(f"""
+daemon off;
+worker_processes 1;
+pid {tmp_path}/nginx.pid;
+error_log {tmp_path}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp_path}/body;
+    proxy_temp_path {tmp_path}/proxy;
+    fastcgi_temp_path {tmp_path}/fastcgi;
+    uwsgi_temp_path {tmp_path}/uwsgi;
+    scgi_temp_path {tmp_path}/scgi;
+    include {snippet};
+}}
+""")
+    proxy = FwsProcess(["-e", str(tmp_path / "error.log"), "-p", str(tmp_path), "-c", str(main)],
+                       command=[nginx], port=ports["8080"])
+    processes.append(proxy)
+    proxy.start(wait=False)
+    wait_for_port(ports["8080"], proxy)
+    url = f"ws://127.0.0.1:{ports['8080']}/"
+    nodes = processes[:2]
+    check_cluster(url, nodes)
+    survive_node_stop(url, nodes)
+
+
+def test_haproxy_config(tmp_path: Path, redis: RedisProcess, processes: list[FwsProcess]) -> None:
+    haproxy = shutil.which("haproxy") or (
+        "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
+    if haproxy is None:
+        pytest.skip(f"haproxy is not installed: {MISSING}")
+    ports = start_nodes(processes, redis)
+    config = tmp_path / "haproxy.cfg"
+    # Check every 200 ms instead of 2 s: the test waits for the checks to see both nodes.
+    config.write_text(with_ports((DEPLOY / "haproxy.cfg").read_text(), ports)
+                      .replace("inter 2s", "inter 200ms"))
+    proxy = FwsProcess(["-db", "-f", str(config)], command=[haproxy], port=ports["8080"])
+    processes.append(proxy)
+    proxy.start(wait=False)
+    wait_for_port(ports["8080"], proxy)
+    nodes = processes[:2]
+    url = f"ws://127.0.0.1:{ports['8080']}/"
+    check_cluster(url, nodes)
+    survive_node_stop(url, nodes)
+    # ... and the health check saw the node go: HAProxy says so on its log.
+    proxy.wait_for_line("node1 is DOWN")
