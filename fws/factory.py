@@ -83,6 +83,7 @@ class FwsServerFactory(WebSocketServerFactory):
         self._consumer_backlog: deque[tuple[str, bytes, str | None]] | None = None
         if pipeline.data:
             self.protocol = FwsRawDataProtocol
+        self._baked: type[FwsServerProtocol] | None = None
         self.setProtocolOptions(**self.limits.protocol_options())
         # Optional hooks of a storage object that joins several nodes into one server
         # (the Redis one): relaying broadcasts, and mirroring group membership.
@@ -90,6 +91,29 @@ class FwsServerFactory(WebSocketServerFactory):
         self._member_joined = getattr(storage_object, "member_joined", None)
         self._member_left = getattr(storage_object, "member_left", None)
         storage_object.attach(self)
+
+    def setProtocolOptions(self, **options: Any) -> None:
+        """
+        Autobahn's, plus: the options become class attributes of a protocol
+        class made for this factory.
+
+        Autobahn copies its 29 protocol options from the factory onto every
+        connection unless the protocol already has them: as class attributes
+        they cost no memory per connection and no copying per handshake.
+        """
+        super().setProtocolOptions(**options)
+        if getattr(self, "_baked", False) is False:
+            return  # Autobahn's __init__ sets its defaults before fws's __init__ runs
+        if self._baked is None or self.protocol is not self._baked:
+            base = self.protocol
+            self._baked = type(base.__name__, (base,), {"__module__": base.__module__,
+                                                        "__qualname__": base.__qualname__})
+            self.protocol = self._baked
+        for name in self._baked.CONFIG_ATTRS:
+            value = getattr(self, name)
+            if hasattr(value, "__get__"):  # a function (perMessageCompressionAccept) stays unbound
+                value = staticmethod(value)
+            setattr(self._baked, name, value)
 
     def startFactory(self) -> None:
         super().startFactory()
