@@ -256,3 +256,31 @@ def test_lazy_pformat_formats_as_pformat() -> None:
     event = {"log_format": "\n{attrs}", "attrs": _LazyPformat(value)}
     assert formatEvent(event) == "\n" + pprint.pformat(value)
     assert str(_LazyPformat(value)) == pprint.pformat(value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_connections_keep_a_compact_dict(reactor: Any) -> None:
+    """
+    Idle memory: an open connection's instance dict holds no handshake leftovers
+    and none of the Autobahn state that is still at its default (the class has
+    it), and Autobahn's send queue exists only once a chopped write needs it.
+    """
+    from fws.protocol import _HANDSHAKE_LEFTOVERS, _IDLE_DEFAULTS
+
+    server = Server(reactor, ["echo"]).start()
+    try:
+        client = await server.connect()
+        [conn] = server.factory.users.values()
+        state = vars(conn)
+        assert not set(state) & set(_HANDSHAKE_LEFTOVERS)
+        assert not set(state) & set(_IDLE_DEFAULTS)
+        assert len(state) <= 42, sorted(state)  # a dict of 64 slots, not 128
+        assert conn.current_frame is None and conn.closedByMe is False  # from the class
+        assert conn.send_queue == ()
+        client.send("still works")
+        assert await client.recv() == (b"still works", False)
+        conn.sendData(encode_frame(b"chopped into 3-byte writes", False), chopsize=3)
+        assert await client.recv() == (b"chopped into 3-byte writes", False)
+        assert isinstance(conn.send_queue, __import__("collections").deque)
+    finally:
+        await server.stop()

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
@@ -62,6 +64,23 @@ def sample(text: str, name: str, **labels: str) -> float | None:
 
 
 ADMIN = ("--admin", "tcp:0:interface=127.0.0.1")
+OPERATIONS = Path(__file__).resolve().parent.parent / "docs" / "operations.rst"
+
+
+def exported(text: str) -> set[str]:
+    """Metric names in an exposition, as documented (histograms without their suffixes)."""
+    names = set()
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name = re.split(r"[{ ]", line, maxsplit=1)[0]
+            if name.endswith("_created"):
+                continue  # prometheus_client's creation timestamps of counters and histograms
+            names.add(re.sub(r"_(bucket|count|sum)$", "", name))
+    return names
+
+
+def documented() -> set[str]:
+    return set(re.findall(r"^   \* - ``(fws_\w+)``$", OPERATIONS.read_text(), re.M))
 
 
 # --- health and readiness --------------------------------------------------------------------
@@ -89,21 +108,39 @@ async def test_healthz_and_readyz_on_the_admin_endpoint(reactor: Any) -> None:
         await server.stop()
 
 
+class _Mute(Protocol):
+    """A WebSocket client that completes the handshake and then never answers."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.received = b""
+
+    def connectionMade(self) -> None:
+        from tests.rawws import handshake_request
+
+        self.transport.write(handshake_request(self.port))
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
 @pytest_twisted.ensureDeferred
 async def test_readyz_says_draining_while_clients_are_closed(reactor: Any) -> None:
     server = Server.from_argv(reactor, "-f", "echo", *ADMIN, "--drain-period", "0",
-                              "--stop-timeout", "5")
+                              "--stop-timeout", "10")
     server.start()
     url = admin_url(server, "/readyz")
-    client = await server.connect()
-    # The client does not answer the close frame at once: the drain takes a while.
-    client.autoCloseReply = False  # type: ignore[attr-defined]
+    mute = _Mute(server.port)
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), mute)
+    await wait_for(reactor, lambda: b" 101 " in mute.received, what="the handshake")
+    # The client does not answer the close frame: the drain lasts until it goes.
     stopping = server.service.stopService()
     code, _, body = await http_get(reactor, url)
     assert code == 503
     checks = json.loads(body)["checks"]
     assert checks["draining"] == "shutting down" and checks["listening"] == "not listening"
-    client.sendClose(1000)
+    assert b"\x88\x16\x03\xe9server shutting down" in mute.received  # 1001, ignored
+    mute.transport.loseConnection()
     await stopping
     # Everything, the admin endpoint included, is closed once the service has stopped.
     assert server.service.admin is not None and not server.service.admin.ports
@@ -137,6 +174,7 @@ async def test_readyz_follows_redis(reactor: Any, redis: RedisProcess) -> None:
         assert sample(text, "fws_redis_outages_total", connection="subscriber") == 1
         assert sample(text, "fws_redis_reconnects_total", connection="subscriber") == 1
         assert sample(text, "fws_ready") == 1
+        assert exported(text) <= documented(), "docs/operations.rst lists every metric"
         redis.publish("global", "after the outage")
         await wait_for(reactor, lambda: server.factory.stats.pubsub_received == 1, what="pubsub")
         _, _, metrics = await http_get(reactor, admin_url(server, "/metrics"))
@@ -202,6 +240,10 @@ async def test_metrics_count_what_happened(reactor: Any, tmp_path: Path,
         assert sample(text, "fws_filter_seconds_count", **broadcast) == 1  # not after the error
         assert sample(text, "fws_filter_errors_total", **broadcast) == 0
         assert sample(text, "fws_filter_seconds_bucket", le="+Inf", **boom) == 2
+        # Everything the docs list is exported (the Redis ones only with Redis), no more.
+        assert exported(text) <= documented()
+        assert {n for n in documented() - exported(text)} == {
+            n for n in documented() if n.startswith("fws_redis_")}
     finally:
         await server.stop()
 
