@@ -81,6 +81,9 @@ class FwsServerFactory(WebSocketServerFactory):
         self.connections: set[FwsServerProtocol] = set()
         self._ids = itertools.count(1)
         self._consumer_backlog: deque[tuple[str, bytes, str | None]] | None = None
+        #: (close code, reason) once close_all has run: what connections that
+        #: finish their handshake afterwards are closed with.
+        self.closing: tuple[int, str] | None = None
         if pipeline.data:
             self.protocol = FwsRawDataProtocol
         self._baked: type[FwsServerProtocol] | None = None
@@ -383,18 +386,18 @@ class FwsServerFactory(WebSocketServerFactory):
 
         Open connections get a close frame with ``code``, spread evenly over
         ``drain_period`` seconds so that clients do not all reconnect at the
-        same moment; connections still in their handshake are dropped at once.
-        Whatever is still connected ``timeout`` seconds after the last close
-        frame is aborted.
+        same moment. A connection still in its opening handshake (accepted just
+        before the stop, its request maybe not even read yet) is not reset: it
+        completes the handshake and gets the same close frame at once, so its
+        client sees an ordinary close and reconnects. Whatever is still
+        connected ``timeout`` seconds after the last close frame is aborted.
         """
+        self.closing = (code, reason)
         conns = list(self.connections)
         if not conns:
             return succeed(None)
         waits = [conn.is_closed for conn in conns]
         opened = [conn for conn in conns if conn.state == conn.STATE_OPEN]
-        for conn in conns:
-            if conn.state == conn.STATE_CONNECTING:
-                conn.dropConnection(abort=True)
         steps = max(1, min(len(opened), int(drain_period / 0.05))) if drain_period > 0 else 1
         per_step = -(-len(opened) // steps)
         for step in range(steps):

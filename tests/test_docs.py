@@ -28,29 +28,70 @@ def test_docs_build_without_warnings(tmp_path: Path) -> None:
     assert "--redis_channels" in html and "FWS_PORT" in html  # the option tables are generated
 
 
-def test_systemd_unit() -> None:
-    unit = ROOT / "docs" / "deploy" / "fws.service"
+def unit_file(name: str) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read(unit)
+    parser.read(ROOT / "docs" / "deploy" / name)
+    return parser
+
+
+def systemd_analyze_problems(*names: str) -> tuple[list[str], str]:
+    """What ``systemd-analyze verify`` says about the units (but for the absent /opt/fws)."""
+    analyze = shutil.which("systemd-analyze")
+    if not analyze:
+        return [], ""
+    units = [str(ROOT / "docs" / "deploy" / name) for name in names]
+    result = subprocess.run([analyze, "verify", *units], capture_output=True, text=True)
+    problems = [line for line in result.stderr.splitlines()
+                if ("fws.service" in line or "fws.socket" in line)
+                and "/opt/fws/bin/twistd" not in line]
+    return problems, result.stderr
+
+
+def test_systemd_unit() -> None:
+    parser = unit_file("fws.service")
     assert set(parser.sections()) == {"Unit", "Service", "Install"}
     exec_start = parser["Service"]["ExecStart"]
     assert "twistd --nodaemon --pidfile= fws" in exec_start
     assert parser["Service"]["DynamicUser"] == "yes"
     assert parser["Service"]["ProtectSystem"] == "strict"
     assert parser["Install"]["WantedBy"] == "multi-user.target"
+    # socket activation: the listening socket is fws.socket's
+    assert "fws.socket" in parser["Unit"]["Requires"].split()
+    assert "fws.socket" in parser["Unit"]["After"].split()
+    # the Redis socket and the clients' address families stay allowed by the sandbox
+    families = parser["Service"]["RestrictAddressFamilies"].split()
+    assert {"AF_UNIX", "AF_INET", "AF_INET6"} <= set(families)
     # the options in ExecStart are real fws options
     from fws.config import resolve
 
     args = exec_start.replace("\\\n", " ").split(" fws ", 1)[1].split()
     config = resolve(args, environ={})
     assert config is not None and config.storage == "fws.storage_objects.redis"
-    analyze = shutil.which("systemd-analyze")
-    if analyze:
-        result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
-        problems = [line for line in result.stderr.splitlines()
-                    if "fws.service" in line and "/opt/fws/bin/twistd" not in line]
-        assert not problems, result.stderr
+    assert config.listen == ("systemd:domain=INET:index=0",)
+    problems, stderr = systemd_analyze_problems("fws.service", "fws.socket")
+    assert not problems, stderr
+
+
+def test_systemd_socket_unit() -> None:
+    import ipaddress
+
+    text = (ROOT / "docs" / "deploy" / "fws.socket").read_text()
+    parser = unit_file("fws.socket")
+    assert set(parser.sections()) == {"Unit", "Socket", "Install"}
+    socket_section = parser["Socket"]
+    # exactly one listening socket: fws.service adopts index 0, an AF_INET one
+    listens = [line for line in text.splitlines() if line.startswith("Listen")]
+    assert len(listens) == 1 and listens[0].startswith("ListenStream="), listens
+    host, _, port = socket_section["ListenStream"].rpartition(":")
+    assert 0 < int(port) < 65536
+    assert ipaddress.ip_address(host).version == 4  # domain=INET in fws.service
+    assert int(socket_section["Backlog"]) >= 1024
+    assert socket_section.get("Accept", "no") == "no"  # one fws for all connections
+    assert socket_section.get("Service", "fws.service") == "fws.service"
+    assert parser["Install"]["WantedBy"] == "sockets.target"
+    problems, stderr = systemd_analyze_problems("fws.socket", "fws.service")
+    assert not problems, stderr
 
 
 @pytest.mark.parametrize("example", sorted(p.stem for p in EXAMPLES.glob("*.py")))

@@ -1,0 +1,311 @@
+"""
+Socket activation exactly as systemd does it, with real processes and sockets.
+
+The test process plays systemd: it opens the listening socket, keeps it, and
+starts ``fws_server --listen systemd:domain=INET:index=0`` with that socket as
+file descriptor 3 and ``LISTEN_FDS=1``, ``LISTEN_FDNAMES`` and ``LISTEN_PID``
+(the child's own pid, set after the fork) in its environment.  Because the
+socket outlives every fws process, a restart loses no connection attempt:
+what arrives while no fws is running waits in the kernel's backlog for the
+next one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from tests.processes import BIN, FwsProcess
+from tests.rawws import handshake_request
+from tests.redis_support import free_port
+
+ENDPOINT = "systemd:domain=INET:index=0"
+#: Safety net only: nothing here should take more than a second or two.
+TIMEOUT = 20.0
+
+# What systemd does between fork() and exec(): move the socket to fd 3 and set
+# LISTEN_PID to the pid that will exec the service (which is this process's).
+SYSTEMD_EXEC = """\
+import os, sys
+fd = int(sys.argv[1])
+if fd != 3:
+    os.dup2(fd, 3)
+    os.close(fd)
+os.environ.update(LISTEN_FDS="1", LISTEN_FDNAMES="fws.socket", LISTEN_PID=str(os.getpid()))
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+# A message filter that prefixes the payload with the serving process's pid; the
+# bundled echo filter after it sends the result back.  It tells A from B.
+PID_TAG = """\
+import os
+from fws.filters.base import WebSocketMessageFilter
+
+class PidTag(WebSocketMessageFilter):
+    @staticmethod
+    def filter(web_socket_instance, data):
+        data[:0] = f"{os.getpid()} ".encode()
+"""
+
+
+class SocketActivatedFws(FwsProcess):
+    """``fws_server`` started the way systemd starts a socket-activated service."""
+
+    def __init__(self, listener: socket.socket, args: list[str], cwd: Path | None = None) -> None:
+        port = listener.getsockname()[1]
+        super().__init__(["--listen", ENDPOINT, *args], cwd=cwd, port=port,
+                         command=[sys.executable, "-c", SYSTEMD_EXEC, str(listener.fileno()),
+                                  str(BIN / "fws_server")])
+        self.listener = listener
+        for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+            self.env.pop(name, None)
+
+    def start(self, wait: bool = True) -> SocketActivatedFws:
+        self.proc = subprocess.Popen(
+            [*self.command, *self.args], cwd=self.cwd, env=self.env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(self.listener.fileno(),),
+        )
+        for stream, sink in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr)):
+            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
+        if wait:
+            self.wait_for_line("fws listening on", TIMEOUT)
+        return self
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """The socket systemd would hold (fws.socket): bound, listening, never closed by fws."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def test_serves_clients_on_the_inherited_socket(listener: socket.socket,
+                                                processes: list[FwsProcess]) -> None:
+    proc = SocketActivatedFws(listener, ["-f", "fws.filters.echo"])
+    processes.append(proc)
+    proc.start()
+    # It adopted the socket: the port is the inherited one (and is in use by the
+    # test, so fws could not have bound it itself).
+    assert any(f"fws listening on 127.0.0.1:{proc.port} ({ENDPOINT})" in line
+               for line in proc.lines()), proc.lines()
+    with connect(proc.url, open_timeout=TIMEOUT) as ws:
+        ws.send("hello through fd 3")
+        assert ws.recv(timeout=TIMEOUT) == "hello through fd 3"
+        ws.send(b"\x00binary")
+        assert ws.recv(timeout=TIMEOUT) == b"\x00binary"
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(TIMEOUT) == 0
+    # Stopping fws closed its copy only: the socket the test (systemd) holds still
+    # listens, so a connection attempt now waits in the backlog for the next fws.
+    with socket.create_connection(("127.0.0.1", proc.port), timeout=TIMEOUT):
+        pass
+
+
+@pytest.mark.parametrize("front_end", ["fws_server", "twistd"])
+def test_systemd_socket_activate_starts_it(front_end: str, processes: list[FwsProcess],
+                                           tmp_path: Path) -> None:
+    """systemd's own launcher (what fws.socket does, on the command line) and the unit's twistd."""
+    tool = shutil.which("systemd-socket-activate")
+    if tool is None:
+        pytest.skip("systemd-socket-activate is not installed (Debian: systemd)")
+    port = free_port()
+    server = ([str(BIN / "fws_server")] if front_end == "fws_server"
+              else [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "fws"])
+    proc = FwsProcess(["--listen", ENDPOINT, "--filters", "fws.filters.echo"], cwd=tmp_path,
+                      port=port, command=[tool, "--listen", f"127.0.0.1:{port}",
+                                          "--fdname", "fws.socket", *server])
+    processes.append(proc)
+    proc.start(wait=False)
+    proc.wait_for_line(f"Listening on 127.0.0.1:{port}", TIMEOUT)
+    # systemd-socket-activate runs fws on the first connection (exec: same pid).
+    with connect(proc.url, open_timeout=TIMEOUT) as ws:
+        ws.send("activated")
+        assert ws.recv(timeout=TIMEOUT) == "activated"
+    assert any(f"fws listening on 127.0.0.1:{port} ({ENDPOINT})" in line for line in proc.lines())
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(TIMEOUT) == 0
+
+
+@dataclass
+class Attempt:
+    """One connection attempt of a client thread: connect, handshake, echo, close."""
+
+    started: float
+    ended: float
+    local_port: int | None
+    outcome: str  # "ok", "going away" (closed with 1001 by a stopping fws) or "error"
+    detail: str  # the pid that answered, or what went wrong
+
+
+def attempt(port: int, message: str) -> Attempt:
+    started = time.monotonic()
+    local_port = None
+    sock = None
+
+    def result(outcome: str, detail: str) -> Attempt:
+        return Attempt(started, time.monotonic(), local_port, outcome, detail)
+
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        local_port = sock.getsockname()[1]
+        with connect(f"ws://127.0.0.1:{port}/", sock=sock, open_timeout=TIMEOUT,
+                     close_timeout=TIMEOUT) as ws:
+            ws.send(message)
+            reply = ws.recv(timeout=TIMEOUT)
+    except ConnectionClosed as e:
+        if e.rcvd is not None and e.rcvd.code == 1001:
+            return result("going away", repr(e))
+        return result("error", repr(e))
+    except Exception as e:  # refused, reset, handshake failure, timeout ...
+        return result("error", repr(e))
+    finally:
+        if sock is not None:
+            sock.close()  # a no-op if the client closed it
+    pid, _, echoed = str(reply).partition(" ")
+    if echoed != message or not pid.isdigit():
+        return result("error", f"wrong reply {reply!r} to {message!r}")
+    return result("ok", pid)
+
+
+def test_restart_with_the_socket_held_loses_no_connection_attempt(
+        listener: socket.socket, processes: list[FwsProcess], tmp_path: Path) -> None:
+    (tmp_path / "pid_tag.py").write_text(PID_TAG)
+    args = ["-f", "pid_tag", "fws.filters.echo"]
+    a = SocketActivatedFws(listener, args, cwd=tmp_path)
+    processes.append(a)
+    a.start()
+    assert a.proc is not None
+    pid_a = str(a.proc.pid)
+
+    clients = 4
+    attempts: list[list[Attempt]] = [[] for _ in range(clients)]
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            attempts[n].append(attempt(a.port, f"c{n}-{i}"))
+            i += 1
+
+    def served_by(pid: str) -> list[Attempt]:
+        return [x for log in attempts for x in list(log) if x.outcome == "ok" and x.detail == pid]
+
+    def report() -> str:
+        lines = [f"client {n}: {len(log)} attempts, last {log[-1:]}"
+                 for n, log in enumerate(attempts)]
+        for proc in processes:
+            lines.append(f"--- fws pid {proc.proc.pid if proc.proc else None}:")
+            lines.extend(proc.lines())
+        return "\n".join(lines)
+
+    def wait_until(predicate: object, what: str) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while not predicate():  # type: ignore[operator]
+            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{report()}"
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
+    # A client that stays connected to A: the restart closes it with 1001.
+    with connect(a.url, open_timeout=TIMEOUT) as held:
+        held.send("held")
+        assert held.recv(timeout=TIMEOUT) == f"{pid_a} held"
+        try:
+            for t in threads:
+                t.start()
+            wait_until(lambda: len(served_by(pid_a)) >= 20, "attempts served by A")
+
+            # systemctl restart fws.service: stop A (SIGTERM, wait for it to exit), start B.
+            sigterm = time.monotonic()
+            a.signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as closed:
+                held.recv(timeout=TIMEOUT)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+            assert a.wait(TIMEOUT) == 0
+
+            b = SocketActivatedFws(listener, args, cwd=tmp_path)
+            processes.append(b)
+            b.start()
+            b_listening = time.monotonic()
+            assert b.proc is not None
+            pid_b = str(b.proc.pid)
+            wait_until(lambda: len(served_by(pid_b)) >= 20, "attempts served by B")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(TIMEOUT + 5)
+    assert not any(t.is_alive() for t in threads)
+
+    everything = [x for log in attempts for x in log]
+    # Nothing was refused, reset or failed. (A connection A accepted just before
+    # SIGTERM completes its handshake and gets 1001, like any open one.)
+    errors = [x for x in everything if x.outcome == "error"]
+    assert not errors, f"{len(errors)} of {len(everything)} attempts failed: " \
+        f"{errors[:10]}\n{report()}"
+    # Only a connection A had already opened may be closed with 1001: at most one
+    # per client (A stops listening before it closes anything).
+    going_away = [x for x in everything if x.outcome == "going away"]
+    assert len(going_away) <= clients, going_away
+    assert {x.detail for x in everything if x.outcome == "ok"} == {pid_a, pid_b}
+    # Attempts made while no fws was accepting waited in the backlog and B served them.
+    waited = [x for x in served_by(pid_b) if sigterm < x.started < b_listening]
+    assert waited, "no attempt was made while no fws was accepting"
+    assert "\n".join(a.lines()).count("fws listening on") == 1
+    assert any(f"fws listening on 127.0.0.1:{b.port} ({ENDPOINT})" in line for line in b.lines())
+
+
+def accept_queue(listener: socket.socket) -> int:
+    """Connections waiting in the listening socket's accept queue (Linux: tcpi_unacked)."""
+    info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return int(struct.unpack_from("I", info, 24)[0])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="reads the accept queue with TCP_INFO, which is Linux's")
+def test_stopping_does_not_reset_a_connection_accepted_before_sigterm(
+        listener: socket.socket, processes: list[FwsProcess]) -> None:
+    """The race the restart test can hit, made deterministic."""
+    proc = SocketActivatedFws(listener, ["-f", "fws.filters.echo"])
+    processes.append(proc)
+    proc.start()
+    with connect(proc.url, open_timeout=TIMEOUT) as held:
+        # A connection fws has accept()ed, whose upgrade request is yet to come.
+        pending = socket.create_connection(("127.0.0.1", proc.port), timeout=TIMEOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while accept_queue(listener):
+            assert time.monotonic() < deadline, "fws did not accept the connection"
+            time.sleep(0.01)
+        proc.signal(signal.SIGTERM)
+        # The 1001 on the open connection comes from close_all, which has by then
+        # dealt with the connection in its handshake.
+        with pytest.raises(ConnectionClosed) as closed:
+            held.recv(timeout=TIMEOUT)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    with pending:
+        pending.sendall(handshake_request(proc.port))
+        response = b""
+        close = b"\x88\x16\x03\xe9server shutting down"
+        while close not in response:
+            chunk = pending.recv(65536)  # a ConnectionResetError here was the bug
+            assert chunk, f"fws closed the connection without a close frame:\n{response!r}"
+            response += chunk
+    # The handshake completed (101), then the same close as every other client got.
+    assert response.startswith(b"HTTP/1.1 101"), response
+    assert proc.wait(TIMEOUT) == 0
