@@ -53,6 +53,9 @@ def start_logging(config: Config) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``fws_server`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
+    from fws.reactor import install_if_possible
+
+    install_if_possible()  # before any filter module can import the default reactor
     try:
         config = resolve(args, prog=PROG, print_help=sys.stdout.write)
         if config is None:
@@ -73,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # filters print lines; pipes see them at once
     start_logging(config)
+    from twisted.logger import Logger
+
+    Logger(namespace="fws.cli").info("reactor: {reactor}", reactor=type(reactor).__name__)
     try:
         service.privilegedStartService()
     except ListenError as e:

@@ -284,3 +284,22 @@ async def test_open_connections_keep_a_compact_dict(reactor: Any) -> None:
         assert isinstance(conn.send_queue, __import__("collections").deque)
     finally:
         await server.stop()
+
+
+# --- the reactor -----------------------------------------------------------------------------
+
+
+def test_the_reactor_fws_patches_is_twisteds() -> None:
+    """FwsEPollReactor.doPoll is Twisted's minus callWithLogger: pin what it mirrors."""
+    import inspect
+
+    from twisted.internet.epollreactor import EPollReactor
+
+    source = inspect.getsource(EPollReactor.doPoll)
+    assert "self._poller.poll(timeout, len(self._selectables))" in source
+    assert "log.callWithLogger(selectable, _drdw, selectable, fd, event)" in source
+    assert EPollReactor.doIteration is EPollReactor.doPoll
+
+
+def test_fws_server_runs_on_the_fws_reactor(echo_server: FwsProcess) -> None:
+    assert any("reactor: FwsEPollReactor" in line for line in echo_server.lines())

@@ -1,0 +1,8 @@
+"""``twistd --reactor fws-epoll``: the reactor ``fws_server`` uses (see fws.reactor)."""
+
+from twisted.application.reactors import Reactor
+
+fws_epoll = Reactor(
+    "fws-epoll", "fws.reactor",
+    "epoll reactor that dispatches socket events without a legacy log context (fws)",
+)
