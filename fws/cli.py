@@ -76,13 +76,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # filters print lines; pipes see them at once
     start_logging(config)
-    from twisted.logger import Logger
-
-    Logger(namespace="fws.cli").info("reactor: {reactor}", reactor=type(reactor).__name__)
     try:
         service.privilegedStartService()
     except ListenError as e:
         fail_startup(PROG, str(e), 1)
+    from twisted.logger import Logger
+
+    Logger(namespace="fws.cli").info("reactor: {reactor}", reactor=type(reactor).__name__)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.callWhenRunning(install_stop_signals, reactor)
