@@ -9,6 +9,7 @@ listens: ``--check`` stops before that.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -38,6 +39,8 @@ def doc_commands() -> list[tuple[str, str, str | None]]:
             i += 1
             shown = line.startswith("$ ")
             text = line[2:] if shown else line
+            if re.match(r"cd \S+ && ", text):
+                text = text.split(" && ", 1)[1] + " # in " + text[3:].split(" && ", 1)[0]
             if not (text == "fws_server" or text.startswith("fws_server ")
                     or (text.startswith("twistd ") and " fws" in text)):
                 continue
@@ -109,7 +112,9 @@ def self_signed() -> tuple[bytes, bytes]:
 @pytest.mark.parametrize("where, command, expected", COMMANDS,
                          ids=[f"{w}:{c[:60]}" for w, c, _ in COMMANDS])
 def test_doc_command(where: str, command: str, expected: str | None, workdir: Path) -> None:
-    text = command.split(" #", 1)[0].strip().removesuffix("&").strip()
+    text, _, comment = command.partition(" #")
+    text = text.strip().removesuffix("&").strip()
+    cwd = workdir / comment.strip()[3:] if comment.strip().startswith("in ") else workdir
     for path, replacement in PATHS.items():
         text = text.replace(path, replacement.format(cwd=workdir))
     argv = shlex.split(text)
@@ -130,7 +135,7 @@ def test_doc_command(where: str, command: str, expected: str | None, workdir: Pa
         pass_fds = (listener.fileno(),)
         argv = [sys.executable, "-c", SYSTEMD_EXEC, str(listener.fileno()), *argv]
     try:
-        result = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True,
+        result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
                                 timeout=60, pass_fds=pass_fds)
     finally:
         if listener is not None:
@@ -145,3 +150,13 @@ def test_doc_command(where: str, command: str, expected: str | None, workdir: Pa
             want = want.replace(path, replacement.format(cwd=workdir))
         assert result.stderr.strip() == want
     assert "Traceback" not in result.stderr
+
+
+def test_plugin_cache_command() -> None:
+    """docs/deployment.rst: regenerating twistd's plugin cache works as shown."""
+    line = next(l.strip() for l in (ROOT / "docs" / "deployment.rst").read_text().splitlines()
+                if l.strip().startswith('python -c "from twisted.plugin import'))
+    code = shlex.split(line)[2]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
