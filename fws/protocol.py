@@ -539,7 +539,18 @@ class FwsServerProtocol(WebSocketServerProtocol):
         for name, value in _IDLE_DEFAULTS.items():
             if state.get(name, _ABSENT) is value:
                 del state[name]  # reads fall back to the class attribute, the same value
+        if self._listeners is None:
+            # Autobahn's observer API (.on/.fire) is unused until .on() is called, which
+            # puts its state back (see on); until then the class's None stands in.
+            state.pop("_valid_events", None)
+            state.pop("_results", None)
         self.__dict__ = dict(state)  # deleting does not shrink a dict; copying does
+
+    def on(self, event: str, handler: Any) -> None:
+        """Autobahn's observer API, with the state _compact dropped restored first."""
+        if "_valid_events" not in self.__dict__:
+            self.set_valid_events(["message"])
+        super().on(event, handler)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.messages_in += 1
@@ -575,9 +586,12 @@ class FwsServerProtocol(WebSocketServerProtocol):
         if shown is None or not wasClean and not self.closedByMe:
             shown = 1006
         reason = self.localCloseReason if self.closedByMe and self.localCloseCode else reason
-        closed = factory.stats.closed
+        stats = factory.stats
+        closed = stats.closed
         key = (shown, by)
         closed[key] = closed.get(key, 0) + 1
+        if shown == 1009 and by == "server":  # Autobahn closed it: over a size limit
+            stats.hit("max_message_size")
         if factory.log_connections:
             self._log.info("connection {conn_id} from {peer} closed by the {by}: {code}{reason}, "
                            "after {messages_in} messages in", conn_id=self.id, peer=self.client_ip,

@@ -277,11 +277,17 @@ async def test_open_connections_keep_a_compact_dict(reactor: Any) -> None:
         assert len(state) <= 42, sorted(state)  # a dict of 64 slots, not 128
         assert conn.current_frame is None and conn.closedByMe is False  # from the class
         assert conn.send_queue == ()
+        assert "_results" not in state and "_valid_events" not in state
         client.send("still works")
         assert await client.recv() == (b"still works", False)
         conn.sendData(encode_frame(b"chopped into 3-byte writes", False), chopsize=3)
         assert await client.recv() == (b"chopped into 3-byte writes", False)
         assert isinstance(conn.send_queue, __import__("collections").deque)
+        # Autobahn's observer API still works: .on() restores what _compact dropped.
+        conn.on("message", lambda *args, **kwargs: None)
+        assert conn._valid_events == ["message"] and conn._results == {"message": None}
+        with pytest.raises(RuntimeError):
+            conn.on("no such event", lambda: None)
     finally:
         await server.stop()
 

@@ -226,6 +226,7 @@ async def test_metrics_count_what_happened(reactor: Any, tmp_path: Path,
         assert sample(text, "fws_connections_closed_total", code="1000", by="server") is None
         assert sample(text, "fws_handshakes_refused_total", status="503") == 1
         assert sample(text, "fws_limit_hits_total", limit="max_connections") == 1
+        assert sample(text, "fws_limit_hits_total", limit="max_message_size") == 1
         assert sample(text, "fws_messages_received_total") == 2  # hello, boom (x*200 never arrived)
         assert sample(text, "fws_received_bytes_total") == 9
         assert sample(text, "fws_broadcasts_total") == 1
