@@ -25,6 +25,10 @@ from fws.storage_objects import StorageObject
 
 
 
+#: ``_flush_call`` while a flush waits in the reactor's after-I/O list.
+_AFTER_IO = object()
+
+
 class FwsServerFactory(WebSocketServerFactory):
     """
     One fws server: what every connection shares.
@@ -257,14 +261,27 @@ class FwsServerFactory(WebSocketServerFactory):
             stats.messages_out += sent
             stats.bytes_out += sent * len(frame)
         if dirty and self._flush_call is None:
-            self._flush_call = self.reactor.callLater(0, self._flush)
+            self._schedule_flush()
         return sent
 
     def mark_dirty(self, conn: FwsServerProtocol) -> None:
         """``conn`` has frames queued: write them at the end of this reactor turn."""
         self._dirty.append(conn)
         if self._flush_call is None:
-            self._flush_call = self.reactor.callLater(0, self._flush)
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        """
+        Run :meth:`_flush` at the end of this reactor turn: right after the
+        current poll's events on fws's reactor (no DelayedCall), else with
+        ``callLater(0)`` (other reactors, or a send from a timer).
+        """
+        reactor = self.reactor
+        if getattr(reactor, "fws_dispatching", False):
+            reactor.fws_after_io.append(self._flush)
+            self._flush_call = _AFTER_IO
+        else:
+            self._flush_call = reactor.callLater(0, self._flush)
 
     def _flush(self) -> None:
         """
@@ -355,7 +372,7 @@ class FwsServerFactory(WebSocketServerFactory):
             self._consumer_backlog.append((channel, data, pattern))
             return
         outcome = self._run_consumer(channel, data, pattern)
-        if isinstance(outcome, Deferred):
+        if outcome is not None and isinstance(outcome, Deferred):
             self._consumer_backlog = deque()
             outcome.addBoth(self._resume_consumer)
 
@@ -367,7 +384,7 @@ class FwsServerFactory(WebSocketServerFactory):
         backlog = self._consumer_backlog
         while backlog:
             outcome = self._run_consumer(*backlog.popleft())
-            if isinstance(outcome, Deferred):
+            if outcome is not None and isinstance(outcome, Deferred):
                 outcome.addBoth(self._resume_consumer)
                 return
         self._consumer_backlog = None

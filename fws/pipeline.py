@@ -364,7 +364,7 @@ def run_chain(
             continue
         if result is STOP:
             return STOP
-        if isinstance(result, Deferred):
+        if result is not None and isinstance(result, Deferred):
             if entry.timeout:
                 result.addTimeout(entry.timeout, entry.clock)
             return result.addCallbacks(
@@ -398,7 +398,7 @@ def _timed(entry: FilterEntry, event: str, metrics: Any) -> FilterFunc:
             raise
         if result is not None and inspect.iscoroutine(result):
             result = Deferred.fromCoroutine(result)
-        if isinstance(result, Deferred):
+        if result is not None and isinstance(result, Deferred):
             def done(value: Any) -> Any:
                 observe(perf_counter() - start)
                 return value

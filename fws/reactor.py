@@ -20,12 +20,29 @@ from __future__ import annotations
 import errno
 from typing import Any
 
+from twisted.logger import Logger
+
+_log = Logger()
+
 
 def _reactor_class() -> type:
     from twisted.internet.epollreactor import EPollReactor
 
     class FwsEPollReactor(EPollReactor):  # type: ignore[misc]
-        """``EPollReactor`` whose ``doPoll`` calls ``_doReadOrWrite`` directly."""
+        """
+        ``EPollReactor`` whose ``doPoll`` calls ``_doReadOrWrite`` directly, and
+        runs ``fws_after_io`` callables once the events of one poll are handled.
+
+        The second is how fws flushes what a poll's events queued for sending
+        (``FwsServerFactory._flush``) without a ``callLater(0)`` per reactor
+        turn: a DelayedCall, a heap push and a pass through runUntilCurrent.
+        """
+
+        def __init__(self) -> None:
+            super().__init__()
+            #: True while doPoll dispatches events: fws_after_io will run after them.
+            self.fws_dispatching = False
+            self.fws_after_io: list[Any] = []
 
         def doPoll(self, timeout: float | None) -> None:
             if timeout is None:
@@ -38,10 +55,22 @@ def _reactor_class() -> type:
                 raise
             selectables = self._selectables
             dispatch = self._doReadOrWrite
-            for fd, event in events:
-                selectable = selectables.get(fd)
-                if selectable is not None:
-                    dispatch(selectable, fd, event)
+            self.fws_dispatching = True
+            try:
+                for fd, event in events:
+                    selectable = selectables.get(fd)
+                    if selectable is not None:
+                        dispatch(selectable, fd, event)
+            finally:
+                self.fws_dispatching = False
+            after = self.fws_after_io
+            if after:
+                self.fws_after_io = []
+                for call in after:
+                    try:
+                        call()
+                    except Exception:
+                        _log.failure("unhandled error after I/O in {call!r}", call=call)
 
         doIteration = doPoll
 

@@ -309,3 +309,35 @@ def test_the_reactor_fws_patches_is_twisteds() -> None:
 
 def test_fws_server_runs_on_the_fws_reactor(echo_server: FwsProcess) -> None:
     assert any("reactor: FwsEPollReactor" in line for line in echo_server.lines())
+
+
+def test_sends_from_io_and_from_timers_both_leave(tmp_path: Any,
+                                                  processes: list[FwsProcess]) -> None:
+    """
+    On fws's reactor a reply queued while a poll's events are handled is flushed
+    right after them; one queued from a timer (an asynchronous filter's
+    deferLater) falls back to callLater(0). Both must reach the client, in order.
+    """
+    from tests.helpers import write_module
+    from tests.rawws import RawClient, frame
+
+    module = write_module(tmp_path, (
+        "from twisted.internet import reactor\n"
+        "from twisted.internet.task import deferLater\n"
+        "from fws.filters.base import WebSocketMessageFilter\n"
+        "class Later(WebSocketMessageFilter):\n"
+        "    @staticmethod\n"
+        "    async def filter(conn, data):\n"
+        "        conn.sendMessage(b'now:' + bytes(data), False)\n"
+        "        await deferLater(reactor, 0.01, lambda: None)\n"
+        "        conn.sendMessage(b'later:' + bytes(data), False)\n"
+    ))
+    proc = FwsProcess([], cwd=tmp_path)
+    proc.args = ["-p", str(proc.port), "-i", "127.0.0.1", "-f", module, "--max-message-rate", "0"]
+    processes.append(proc)
+    proc.start()
+    assert any("reactor: FwsEPollReactor" in line for line in proc.lines())
+    client = RawClient(proc.port)
+    client.send(b"".join(frame(f"m{i}".encode()) for i in range(20)))
+    expected = [(1, f"{kind}:m{i}".encode()) for i in range(20) for kind in ("now", "later")]
+    assert [client.read_frame() for _ in range(40)] == expected
