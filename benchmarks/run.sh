@@ -4,6 +4,7 @@
 #   benchmarks/run.sh [SERVERS] [SCENARIOS] [REPS]
 #   benchmarks/run.sh fws,fws-redis,ab-prepared,node-ws fanout-1000-64 3     (the default)
 #   benchmarks/run.sh profile SERVER SCENARIO [SECONDS]     py-spy profile -> benchmarks/profiles/
+#   benchmarks/run.sh profile SERVER connect [ROUNDS]       (handshakes: benchmarks/profile_connect.py)
 #
 # The harness (../shared/bench, or $FWS_BENCH_HARNESS) is copied to $FWS_BENCH_DIR
 # (default /tmp/fws-bench) so that a read-only checkout of it works; the fws
@@ -36,8 +37,11 @@ sed -e "s|@HERE@|$here|g" -e "s|@PYTHON@|$python|g" "$here/servers.txt" | grep -
 mv "$work/servers.txt.new" "$work/servers.txt"
 if [ "$mode" = profile ]; then
     mkdir -p "$here/profiles" "$work/results/logs"
-    (cd "$work" && python3 tools/profile.py "$servers" "$scenarios" "${3:-4}") \
-        | tee "$here/profiles/$servers-$scenarios.txt"
+    if [ "$scenarios" = connect ]; then  # the harness's profile.py has no connect mode
+        (cd "$work" && python3 "$here/profile_connect.py" "$work" "$servers" "${3:-5}")
+    else
+        (cd "$work" && python3 tools/profile.py "$servers" "$scenarios" "${3:-4}")
+    fi | tee "$here/profiles/$servers-$scenarios.txt"
     exit 0
 fi
 (cd "$work" && TAG="$tag" ./run.sh "$servers" "$scenarios" "$reps")

@@ -22,6 +22,7 @@ from fws.metrics import Stats
 from fws.pipeline import FilterPipeline, run_chain
 from fws.protocol import FwsRawDataProtocol, FwsServerProtocol, normalize_payload
 from fws.storage_objects import StorageObject
+from fws.timers import BucketTimer
 
 
 
@@ -64,6 +65,8 @@ class FwsServerFactory(WebSocketServerFactory):
     ) -> None:
         # "Server: fws" rather than Autobahn's name and version in every handshake response.
         super().__init__(url=None, reactor=reactor, server="fws")
+        # Autobahn's handshake, ping and close timeouts, with O(1) cancel (see fws.timers).
+        self._batched_timer = BucketTimer(reactor)
         self.pipeline = pipeline
         self.limits = limits or Limits()
         self.options: Mapping[str, Any] = options or {}

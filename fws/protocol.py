@@ -49,6 +49,13 @@ class CloseInfo:
 _DISCONNECT = object()
 
 _pformat = _autobahn_protocol.pformat
+_Utf8Validator = _autobahn_protocol.Utf8Validator
+
+
+def _no_validator() -> None:
+    """Stands for ``Utf8Validator()`` in ``_connectionMade`` (see ``utf8validator``)."""
+    return None
+
 
 #: Stands for Autobahn's empty send queue until a queued write needs a real one.
 _NO_QUEUE: tuple[()] = ()
@@ -431,16 +438,41 @@ class FwsServerProtocol(WebSocketServerProtocol):
             super().dataReceived(data[pos:] if pos else data)
 
     def _connectionMade(self) -> None:
-        # See _LazyPformat; the module global is Autobahn's own pformat again at once.
+        # See _LazyPformat and utf8validator; the module globals are Autobahn's own
+        # again at once.
         _autobahn_protocol.pformat = _LazyPformat  # type: ignore[assignment]
+        _autobahn_protocol.Utf8Validator = _no_validator  # type: ignore[assignment,misc]
         try:
             super()._connectionMade()
         finally:
             _autobahn_protocol.pformat = _pformat
+            _autobahn_protocol.Utf8Validator = _Utf8Validator  # type: ignore[misc]
         # Autobahn's send queue only serves chopped and "sync" writes, which fws
         # never makes itself; an empty deque costs 760 bytes per connection, so
         # one is made only when such a write comes (see sendData).
         self.send_queue = _NO_QUEUE  # type: ignore[assignment]
+
+    @property
+    def utf8validator(self) -> Any:
+        """
+        Autobahn's incremental UTF-8 validator, made when a frame first needs it.
+
+        Autobahn makes one per connection in ``_connectionMade`` (a CFFI object:
+        5 % of a handshake's CPU time, and memory for every idle connection);
+        only fragmented text messages, which fws's own frame parser hands to
+        Autobahn, use it.
+        """
+        validator = self.__dict__.get("_utf8validator")
+        if validator is None:
+            validator = self.__dict__["_utf8validator"] = _Utf8Validator()
+        return validator
+
+    @utf8validator.setter
+    def utf8validator(self, validator: Any) -> None:
+        if validator is None:
+            self.__dict__.pop("_utf8validator", None)
+        else:
+            self.__dict__["_utf8validator"] = validator
 
     def connectionMade(self) -> None:
         super().connectionMade()

@@ -187,6 +187,21 @@ def test_control_frames_and_fragments_between_fast_frames(echo_server: FwsProces
     assert client.read_frame() == (1, b"two")
 
 
+def test_fragmented_text_is_still_validated(echo_server: FwsProcess) -> None:
+    """Fragmented text goes through Autobahn's UTF-8 validator, which fws makes on demand."""
+    good = RawClient(echo_server.port)
+    euro = "€".encode()  # three bytes, split across the fragments
+    good.send(frame(b"price: " + euro[:1], opcode=1, fin=False) + frame(euro[1:2], opcode=0,
+                                                                         fin=False)
+              + frame(euro[2:] + b"5", opcode=0))
+    assert good.read_frame() == (1, "price: €5".encode())
+    good.send(frame(b"again " + euro[:2], opcode=1, fin=False) + frame(euro[2:], opcode=0))
+    assert good.read_frame() == (1, "again €".encode())  # the validator was reset in between
+    bad = RawClient(echo_server.port)
+    bad.send(frame(b"fine so far ", opcode=1, fin=False) + frame(b"\xc3\x28", opcode=0))
+    assert bad.close_code() == 1007
+
+
 @pytest.mark.parametrize(
     ("tail", "code"),
     [
@@ -226,6 +241,9 @@ def test_handshake_neither_pretty_prints_nor_copies_options(reactor: Any) -> Non
 
     # What the workaround relies on is still there (else it is a harmless no-op).
     assert "pformat(configAttrLog)" in inspect.getsource(WebSocketProtocol._connectionMade)
+    assert "self.utf8validator = Utf8Validator()" in inspect.getsource(
+        WebSocketProtocol._connectionMade)
+    validator_class = autobahn_protocol.Utf8Validator
     server = Server.from_argv(reactor, "-f", "echo", "--max-message-size", "777")
     factory = server.factory
     peer = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -235,6 +253,10 @@ def test_handshake_neither_pretty_prints_nor_copies_options(reactor: Any) -> Non
     try:
         assert not [name for name in calls if "pformat" in name or "safe_repr" in name], calls
         assert autobahn_protocol.pformat is pprint.pformat  # restored at once
+        # No UTF-8 validator until a fragmented text message needs one (see utf8validator).
+        assert "_utf8validator" not in vars(proto) and "utf8validator" not in vars(proto)
+        assert autobahn_protocol.Utf8Validator is validator_class
+        assert isinstance(proto.utf8validator, validator_class)
         assert not set(vars(proto)) & set(proto.CONFIG_ATTRS)
         assert proto.maxMessagePayloadSize == 777 and proto.openHandshakeTimeout == 10.0
         # Options set later (by a filter's configure hook, say) reach later connections.
