@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import textwrap
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +149,21 @@ class Server:
         await self.service.stopService()
         for client in self.clients:
             await client.closed
+
+
+def count_calls(function: Any) -> Counter[str]:
+    """Python-level calls made while ``function`` runs, by ``package:function``."""
+    calls: Counter[str] = Counter()
+
+    def profiler(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            path = frame.f_code.co_filename
+            package = next((p for p in ("fws", "autobahn", "twisted") if f"/{p}/" in path), "other")
+            calls[f"{package}:{frame.f_code.co_name}"] += 1
+
+    sys.setprofile(profiler)
+    try:
+        function()
+    finally:
+        sys.setprofile(None)
+    return calls

@@ -7,8 +7,6 @@ guard that does not time anything, how many Python calls one delivery costs.
 
 from __future__ import annotations
 
-import sys
-from collections import Counter
 from typing import Any
 
 import pytest
@@ -16,7 +14,7 @@ import pytest_twisted
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 
 from fws.protocol import encode_frame
-from tests.helpers import Server
+from tests.helpers import Server, count_calls
 
 SIZES = [0, 1, 125, 126, 127, 65535, 65536, 70000]
 
@@ -52,24 +50,6 @@ async def test_fast_paths_deliver_every_size_intact(reactor: Any) -> None:
                 assert await b.recv() == (payload, binary)  # broadcast's fast path
     finally:
         await server.stop()
-
-
-def count_calls(function: Any) -> Counter[str]:
-    """Python-level calls made while ``function`` runs, by ``package:function``."""
-    calls: Counter[str] = Counter()
-
-    def profiler(frame: Any, event: str, arg: Any) -> None:
-        if event == "call":
-            path = frame.f_code.co_filename
-            package = next((p for p in ("fws", "autobahn", "twisted") if f"/{p}/" in path), "other")
-            calls[f"{package}:{frame.f_code.co_name}"] += 1
-
-    sys.setprofile(profiler)
-    try:
-        function()
-    finally:
-        sys.setprofile(None)
-    return calls
 
 
 @pytest_twisted.ensureDeferred

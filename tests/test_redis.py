@@ -352,3 +352,34 @@ async def test_ping_detects_a_silently_dead_subscriber(
         redis.resume()
         globalLogPublisher.removeObserver(observe)
         await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_commands_skip_the_pool_machinery(reactor: Any, redis: RedisProcess) -> None:
+    """
+    PUBLISH (every relayed broadcast, every storage publish) goes straight to
+    the one command connection, not through txredisapi's per-command
+    @inlineCallbacks getConnection(): the regression guard of that fast path.
+    Blocking commands still take the pool, which hands them the connection
+    for themselves.
+    """
+    from tests.helpers import count_calls
+
+    server = Server(reactor, ["fws.filters.broadcast_pubsub"], **redis_config(redis)).start()
+    try:
+        await wait_for(reactor, lambda: ready(server), what="redis ready")
+        client = await server.connect()
+        service = server.factory.storage_object.redis
+        results: list[Any] = []
+        calls = count_calls(lambda: results.append(service.execute("publish", "global", b"fast")))
+        assert not [name for name in calls if "getConnection" in name or "inlineCallbacks" in name]
+        assert await results[0] == 1  # this node's subscriber received it
+        assert await client.recv() == (b"fast", False)
+        await service.execute("rpush", "fws-test-list", b"item")
+        calls = count_calls(lambda: results.append(service.execute("blpop", ["fws-test-list"], 1)))
+        assert [name for name in calls if "getConnection" in name]
+        assert await results[1] == [b"fws-test-list", b"item"]
+        assert await service.execute("publish", "global", b"after") == 1  # the connection is back
+        assert await client.recv() == (b"after", False)
+    finally:
+        await server.stop()
