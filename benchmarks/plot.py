@@ -75,6 +75,20 @@ def summary(rows: list[dict], baseline: str = "node-ws") -> str:
     return "\n".join(out) + "\n"
 
 
+def redis_share(rows: list[dict], local: str = "fws", redis: str = "fws-redis") -> str:
+    """A reST table: the Redis path's fan-out as a share of local fan-out, per cell."""
+    values = medians(rows, "deliveries_per_s")
+    cells = sorted({(size, n) for s, size, n in values if s == redis and (local, size, n) in values})
+    if not cells:
+        return ""
+    header = [f"{n} x {size} B" for size, n in cells]
+    shares = [f"{100 * values[(redis, size, n)] / values[(local, size, n)]:.0f} %" for size, n in cells]
+    widths = [max(len(h), len(v)) for h, v in zip(header, shares)]
+    rule = "  ".join("=" * w for w in widths)
+    return "\n".join([rule, "  ".join(h.ljust(w) for h, w in zip(header, widths)), rule,
+                      "  ".join(v.ljust(w) for v, w in zip(shares, widths)), rule]) + "\n"
+
+
 def main() -> None:
     import matplotlib
 
@@ -93,7 +107,10 @@ def main() -> None:
         args.summary.write_text(
             f"Medians of the run ``{args.jsonl.name}`` ({date}, {args.machine}); in brackets "
             "the ratio to node ``ws`` (for latency and memory, lower is better).\n\n"
-            + summary(rows))
+            + summary(rows)
+            + ("\nThe Redis path (client -> Redis -> consumer chain -> clients, ``fws-redis``, "
+               "Redis's CPU included) as a share of local fan-out (``fws``), receivers x "
+               "message size:\n\n" + share if (share := redis_share(rows)) else ""))
         print(f"wrote {args.summary}")
     args.out.mkdir(parents=True, exist_ok=True)
     date = rows[0].get("date") or __import__("datetime").datetime.fromtimestamp(
