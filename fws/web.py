@@ -83,8 +83,6 @@ class HealthResource(Resource):
             "uptime_seconds": round(time.time() - self.service.factory.stats.started, 3),
         })
 
-    render_HEAD = render_GET
-
 
 class ReadyResource(Resource):
     """
@@ -104,8 +102,6 @@ class ReadyResource(Resource):
         return _json(request, 200 if ready else 503,
                      {"status": "ready" if ready else "not ready", "checks": checks})
 
-    render_HEAD = render_GET
-
 
 class MetricsResource(Resource):
     """``/metrics``: the Prometheus text exposition format."""
@@ -120,8 +116,6 @@ class MetricsResource(Resource):
         body, content_type = self.metrics.exposition()
         request.setHeader(b"content-type", content_type.encode())
         return bytes(body)
-
-    render_HEAD = render_GET
 
 
 class AdminRoot(Resource):

@@ -27,12 +27,12 @@ from tests.test_redis import redis_config, wait_for
 from tests.redis_support import RedisProcess, free_port
 
 
-async def http_get(reactor: Any, url: str, headers: dict[str, str] | None = None
-                   ) -> tuple[int, dict[str, str], bytes]:
-    """One real HTTP GET: status, lower-cased headers (first values), body."""
+async def http_get(reactor: Any, url: str, headers: dict[str, str] | None = None,
+                   method: bytes = b"GET") -> tuple[int, dict[str, str], bytes]:
+    """One real HTTP request (GET unless told): status, lower-cased headers (first values), body."""
     agent = Agent(reactor)
     h = Headers({k.encode(): [v.encode()] for k, v in (headers or {}).items()})
-    response = await agent.request(b"GET", url.encode(), h)
+    response = await agent.request(method, url.encode(), h)
     body = await readBody(response)
     found = {k.decode().lower(): v[0].decode() for k, v in response.headers.getAllRawHeaders()}
     return response.code, found, body
@@ -99,6 +99,12 @@ async def test_healthz_and_readyz_on_the_admin_endpoint(reactor: Any) -> None:
         assert json.loads(body) == {"status": "ready", "checks": {"listening": "ok"}}
         code, _, body = await http_get(reactor, admin_url(server, "/"))
         assert code == 200 and b"/healthz" in body and b"/metrics" in body
+        for path, content_type in (("/healthz", "application/json"),
+                                   ("/readyz", "application/json"), ("/metrics", "text/plain")):
+            # Probes that send HEAD get GET's status and headers, and no body.
+            code, headers, body = await http_get(reactor, admin_url(server, path), method=b"HEAD")
+            assert code == 200 and headers["content-type"].startswith(content_type), path
+            assert body == b""
         code, _, _ = await http_get(reactor, admin_url(server, "/nothing"))
         assert code == 404
         # The admin endpoint is not the WebSocket port: no WebSocket there.
@@ -371,7 +377,7 @@ def test_one_info_line_per_connection_open_and_close(processes: list[FwsProcess]
 def test_connection_lines_are_off_below_info(processes: list[FwsProcess]) -> None:
     proc = fws(processes, "-f", "echo", "--log-level", "warn", "--admin",
                f"tcp:{free_port()}:interface=127.0.0.1", wait=False)
-    wait_until_listening(proc.port)
+    proc.wait_for_port(timeout=10)
     ws_round_trip(proc.port, "/")
     proc.signal(15)
     assert proc.wait() == 0
@@ -508,14 +514,3 @@ def ws_round_trip(port: int, path: str) -> None:
     client.close()
 
 
-def wait_until_listening(port: int, timeout: float = 10.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
