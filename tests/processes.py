@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -71,6 +72,19 @@ class FwsProcess:
 
     def wait_for_line(self, text: str, timeout: float = 10.0) -> None:
         self.wait_for(lambda: any(text in line for line in self.lines()), repr(text), timeout)
+
+    def wait_for_port(self, port: int | None = None, timeout: float = 15.0) -> None:
+        """Until something accepts TCP connections on ``port`` (default: this process's)."""
+        port = self.port if port is None else port
+
+        def accepts() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                return False
+            return True
+
+        self.wait_for(accepts, f"something to listen on {port}", timeout)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

@@ -10,8 +10,6 @@ from __future__ import annotations
 import re
 import shutil
 import signal
-import socket
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -25,19 +23,6 @@ from tests.redis_support import RedisProcess, free_port
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "docs" / "deploy"
 MISSING = "install it (Debian: nginx-light, haproxy) — .ci/run does"
-
-
-def wait_for_port(port: int, proc: FwsProcess, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if proc.proc is not None and proc.proc.poll() is not None:
-                raise AssertionError("exited:\n" + "\n".join(proc.lines())) from None
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}:\n" + "\n".join(proc.lines()))
 
 
 def start_nodes(processes: list[FwsProcess], redis: RedisProcess) -> dict[str, int]:
@@ -120,7 +105,7 @@ http {{
                        command=[nginx], port=ports["8080"])
     processes.append(proxy)
     proxy.start(wait=False)
-    wait_for_port(ports["8080"], proxy)
+    proxy.wait_for_port(ports["8080"])
     url = f"ws://127.0.0.1:{ports['8080']}/"
     nodes = processes[:2]
     check_cluster(url, nodes)
@@ -140,7 +125,7 @@ def test_haproxy_config(tmp_path: Path, redis: RedisProcess, processes: list[Fws
     proxy = FwsProcess(["-db", "-f", str(config)], command=[haproxy], port=ports["8080"])
     processes.append(proxy)
     proxy.start(wait=False)
-    wait_for_port(ports["8080"], proxy)
+    proxy.wait_for_port(ports["8080"])
     nodes = processes[:2]
     url = f"ws://127.0.0.1:{ports['8080']}/"
     check_cluster(url, nodes)

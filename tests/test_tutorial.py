@@ -21,7 +21,6 @@ from websockets.sync.client import connect as ws_connect
 
 from tests.processes import BIN, FwsProcess
 from tests.redis_support import RedisProcess, free_port
-from tests.test_loadbalancers import wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIAL = ROOT / "docs" / "tutorial.rst"
@@ -135,7 +134,7 @@ def test_tutorial(tmp_path: Path, redis: RedisProcess, processes: list[FwsProces
             proxy = FwsProcess(["-db", "-f", str(config)], command=[haproxy], port=ports["8080"])
             processes.append(proxy)
             proxy.start(wait=False)
-            wait_for_port(ports["8080"], proxy)
+            proxy.wait_for_port(ports["8080"])
             page = urllib.request.urlopen(f"http://127.0.0.1:{ports['8080']}/", timeout=10)
             assert page.status == 200
             stack = ExitStack()
