@@ -237,6 +237,9 @@ def test_handshake_neither_pretty_prints_nor_copies_options(reactor: Any) -> Non
         assert "_utf8validator" not in vars(proto) and "utf8validator" not in vars(proto)
         assert autobahn_protocol.Utf8Validator is validator_class
         assert isinstance(proto.utf8validator, validator_class)
+        # The opening-handshake timeout waits in fws's timer (see fws.timers), not txaio's.
+        assert factory._batched_timer.pending() == 1
+        assert type(proto.openHandshakeTimeoutCall).__name__ == "BucketCall"
         assert not set(vars(proto)) & set(proto.CONFIG_ATTRS)
         assert proto.maxMessagePayloadSize == 777 and proto.openHandshakeTimeout == 10.0
         # Options set later (by a filter's configure hook, say) reach later connections.
@@ -244,6 +247,7 @@ def test_handshake_neither_pretty_prints_nor_copies_options(reactor: Any) -> Non
         assert factory.buildProtocol(peer).autoPingInterval == 12.5
     finally:
         proto.connectionLost(Failure(ConnectionDone()))
+    assert factory._batched_timer.pending() == 0  # the lost connection's timeout is cancelled
 
 
 def test_lazy_pformat_formats_as_pformat() -> None:
