@@ -260,8 +260,8 @@ class RedisService(Service):
             self.failed_fast += 1
             return fail(RedisUnavailable("the Redis service is not running"))
         # The fast path: txredisapi's handler takes a connection from its pool through an
-        # @inlineCallbacks getConnection() and a DeferredQueue for every command, which
-        # was 60 % of what a PUBLISH cost fws (benchmarks/profiles/fws-redis-fanout-100-64.*).
+        # @inlineCallbacks getConnection() and a DeferredQueue for every command: three
+        # quarters of what a PUBLISH cost fws (benchmarks/profiles/fws-redis-fanout-100-64.*).
         # The pool holds one connection and its non-blocking commands all go to it (the
         # handler's peek()), so fws calls the command on that connection itself; blocking
         # commands (MULTI ...), a connection in use by one, or none at all take the handler.
