@@ -1,3 +1,20 @@
-from setuptools import setup
+"""
+Metadata lives in setup.cfg; this file only adds the optional C extension.
 
-setup()
+``fws._speedups`` (fws/_speedups.c) is the compiled framing of fws's fast
+paths. ``optional=True``: where no compiler or Python headers are installed,
+``pip install`` warns and fws runs on the Python versions in fws/framing.py.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "fws._speedups",
+            sources=["fws/_speedups.c"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        )
+    ]
+)

@@ -82,7 +82,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail_startup(PROG, str(e), 1)
     from twisted.logger import Logger
 
-    Logger(namespace="fws.cli").info("reactor: {reactor}", reactor=type(reactor).__name__)
+    from fws.framing import DESCRIPTION
+
+    Logger(namespace="fws.cli").info("reactor: {reactor}; framing: {framing}",
+                                     reactor=type(reactor).__name__, framing=DESCRIPTION)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.callWhenRunning(install_stop_signals, reactor)

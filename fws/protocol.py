@@ -10,7 +10,6 @@ is a no-op).  An event whose chain is empty does no work at all.
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from fws.filters.base import Refuse
+from fws.framing import encode_frame, parse_frames
 from fws.limits import CLOSE_POLICY, CLOSE_SLOW_CONSUMER, origin_allowed
 from fws.pipeline import FAILED, current_message_binary, run_chain
 
@@ -110,36 +110,6 @@ class _LazyPformat:
         return str(_pformat(self.obj))
 
     __repr__ = __str__
-
-
-def encode_frame(payload: bytes, is_binary: bool) -> bytes:
-    """
-    One complete, unmasked, uncompressed server frame (RFC 6455 section 5.2).
-
-    This is all a server frame is; building it here lets fws write it to the
-    transport directly instead of through Autobahn's per-frame bookkeeping.
-    ``tests/test_fast_path.py`` pins it to what Autobahn itself sends.
-    """
-    n = len(payload)
-    first = 0x82 if is_binary else 0x81
-    if n < 126:
-        return bytes((first, n)) + payload
-    if n < 65536:
-        return _HEADER16(first, 126, n) + payload
-    return _HEADER64(first, 127, n) + payload
-
-
-_HEADER16 = struct.Struct("!BBH").pack
-_HEADER64 = struct.Struct("!BBQ").pack
-
-
-def unmask(payload: bytes, mask: bytes) -> bytes:
-    """XOR a client frame's payload with its 4-byte masking key (RFC 6455 section 5.3)."""
-    n = len(payload)
-    if not n:
-        return b""
-    key = (mask * ((n + 3) >> 2))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
 
 
 def normalize_payload(payload: Any, is_binary: bool | None) -> tuple[bytes, bool]:
@@ -404,37 +374,12 @@ class FwsServerProtocol(WebSocketServerProtocol):
                 or self.inside_message or self._perMessageCompress is not None):
             super().dataReceived(data)
             return
-        n = len(data)
-        pos = 0
-        limit = self._fast_limit
-        while n - pos >= 6:
-            b0 = data[pos]
-            b1 = data[pos + 1]
-            if (b0 != 0x81 and b0 != 0x82) or b1 < 0x80:
-                break  # fragment, control frame, RSV bits, unmasked: Autobahn decides
-            length = b1 & 0x7F
-            start = pos + 6
-            if length == 126:
-                if n - pos < 8:
-                    break
-                length = (data[pos + 2] << 8) | data[pos + 3]
-                start = pos + 8
-            elif length == 127:
-                break
-            end = start + length
-            if end > n or length > limit:
-                break  # incomplete (Autobahn buffers it) or too big (Autobahn closes, 1009)
-            payload = unmask(data[start:end], data[start - 4:start])
-            if b0 == 0x81:
-                try:
-                    payload.decode("utf-8")
-                except UnicodeDecodeError:
-                    break  # Autobahn fails the connection with 1007
-            pos = end
-            self.onMessage(payload, b0 == 0x82)
+        frames, pos = parse_frames(data, self._fast_limit)
+        for payload, binary in frames:
+            self.onMessage(payload, binary)
             if self.state != self.STATE_OPEN:
                 return
-        if pos < n:
+        if pos < len(data):
             super().dataReceived(data[pos:] if pos else data)
 
     def _connectionMade(self) -> None:

@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from fws import framing
 from fws.config import Config, ConfigError, load_storage_module
 from fws.factory import FwsServerFactory
 from fws.pipeline import FilterPipeline, load_pipeline
@@ -274,6 +275,7 @@ def check_report(service: FwsService) -> str:
     if config.static:
         lines.append(f"static:  {config.static}")
     lines.append(f"storage: {config.storage}")
+    lines.append(f"framing: {framing.DESCRIPTION}")
     lines.append("filters: " + " ".join(config.filters))
     lines.append("pipeline:")
     width = max(len(e) for e in EVENTS)

@@ -160,6 +160,8 @@ def count_calls(function: Any) -> Counter[str]:
             path = frame.f_code.co_filename
             package = next((p for p in ("fws", "autobahn", "twisted") if f"/{p}/" in path), "other")
             calls[f"{package}:{frame.f_code.co_name}"] += 1
+        elif event == "c_call" and (getattr(arg, "__module__", None) or "").startswith("fws."):
+            calls[f"fws:{arg.__name__}"] += 1  # fws._speedups: counted like its Python twin
 
     sys.setprofile(profiler)
     try:

@@ -13,17 +13,10 @@ import pytest
 import pytest_twisted
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 
-from fws.protocol import encode_frame
+from fws.framing import encode_frame
 from tests.helpers import Server, count_calls
 
 SIZES = [0, 1, 125, 126, 127, 65535, 65536, 70000]
-
-
-@pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("binary", [False, True])
-def test_encode_frame_is_autobahns_framing(size: int, binary: bool) -> None:
-    payload = (b"\xab" if binary else b"a") * size
-    assert encode_frame(payload, binary) == PreparedMessage(payload, binary, False, False).payloadHybi
 
 
 def test_autobahn_internals_fws_relies_on() -> None:
@@ -104,7 +97,8 @@ async def test_python_calls_per_echo(reactor: Any, monkeypatch: pytest.MonkeyPat
         autobahn = {name: n for name, n in calls.items() if name.startswith("autobahn:")}
         assert autobahn == {}, autobahn
         assert "twisted:write" not in calls  # straight to the socket, not the transport buffer
-        assert calls["fws:encode_frame"] == 2 and calls["fws:write_out"] == 1  # one send for both
+        assert calls[f"fws:{encode_frame.__name__}"] == 2  # compiled or not, once per message
+        assert calls["fws:write_out"] == 1  # one send for both
         assert await client.recv() == (b"reply", False)
         assert await client.recv() == (b"again", False)
     finally:
@@ -113,25 +107,16 @@ async def test_python_calls_per_echo(reactor: Any, monkeypatch: pytest.MonkeyPat
 
 # --- the inbound fast path, against a real process over a raw socket ----------------------------
 
-import os  # noqa: E402
 import time  # noqa: E402
 
-from fws.protocol import unmask  # noqa: E402
 from tests.processes import FwsProcess  # noqa: E402
 from tests.rawws import RawClient, frame  # noqa: E402
 
 
-@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 125, 126, 1000, 65536])
-def test_unmask_matches_autobahn(size: int) -> None:
-    from autobahn.websocket.xormasker import create_xor_masker
-
-    payload, mask = os.urandom(size), os.urandom(4)
-    assert unmask(payload, mask) == create_xor_masker(mask, size).process(payload)
-
-
-@pytest.fixture
-def echo_server(processes: list[FwsProcess]) -> FwsProcess:
-    proc = FwsProcess([])
+@pytest.fixture(params=["compiled", "pure"])
+def echo_server(request: pytest.FixtureRequest, processes: list[FwsProcess]) -> FwsProcess:
+    """An echo server whose inbound fast path is fws._speedups's, or the Python one."""
+    proc = FwsProcess([], env={"FWS_PURE_PYTHON": "1" if request.param == "pure" else ""})
     proc.args = ["-p", str(proc.port), "-i", "127.0.0.1", "-f", "echo", "--max-message-rate", "0",
                  "--max-message-size", "5000"]
     processes.append(proc)
@@ -314,7 +299,11 @@ def test_the_reactor_fws_patches_is_twisteds() -> None:
 
 
 def test_fws_server_runs_on_the_fws_reactor(echo_server: FwsProcess) -> None:
-    assert any("reactor: FwsEPollReactor" in line for line in echo_server.lines())
+    """And on the framing the fixture asked for, which the startup line names."""
+    framing = ("Python (FWS_PURE_PYTHON is set)" if echo_server.env["FWS_PURE_PYTHON"]
+               else "compiled (fws._speedups)")
+    assert any(f"reactor: FwsEPollReactor; framing: {framing}" in line
+               for line in echo_server.lines())
 
 
 def test_sends_from_io_and_from_timers_both_leave(tmp_path: Any,

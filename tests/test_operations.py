@@ -21,6 +21,7 @@ from twisted.internet.protocol import Protocol
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
+from fws import framing
 from tests.helpers import Server, write_module
 from tests.processes import BIN, FwsProcess
 from tests.test_redis import redis_config, wait_for
@@ -436,6 +437,7 @@ def test_check_prints_the_pipeline_and_does_not_listen() -> None:
         f"listen:  tcp:{port}",
         "admin:   tcp:9100:interface=127.0.0.1",
         "storage: fws.storage_objects.memory",
+        f"framing: {framing.DESCRIPTION}",  # compiled (fws._speedups), unless FWS_PURE_PYTHON
         "filters: filtered_websocket.filters.stdout_rawdata "
         "fws.filters.broadcast_messages_by_token",
         "pipeline:",
