@@ -336,3 +336,56 @@ def test_sends_from_io_and_from_timers_both_leave(tmp_path: Any,
     client.send(b"".join(frame(f"m{i}".encode()) for i in range(20)))
     expected = [(1, f"{kind}:m{i}".encode()) for i in range(20) for kind in ("now", "later")]
     assert [client.read_frame() for _ in range(40)] == expected
+
+
+# --- the garbage collector ---------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("before", [(700, 10, 10), (1234, 5, 6)])
+async def test_gc_thresholds_while_serving(reactor: Any, before: tuple[int, int, int]) -> None:
+    """
+    A running service raises Python's default collection thresholds to
+    GC_THRESHOLDS (fewer collections walking every new connection's objects)
+    and puts them back when it stops; thresholds someone else chose stay.
+    """
+    import gc
+
+    from fws.service import GC_THRESHOLDS
+
+    saved = gc.get_threshold()
+    gc.set_threshold(*before)
+    try:
+        server = Server(reactor, ["echo"]).start()
+        try:
+            client = await server.connect()
+            client.send("still echoes")
+            assert await client.recv() == (b"still echoes", False)
+            assert gc.get_threshold() == (GC_THRESHOLDS if before == (700, 10, 10) else before)
+        finally:
+            await server.stop()
+        assert gc.get_threshold() == before
+    finally:
+        gc.set_threshold(*saved)
+
+
+def test_fws_server_runs_with_fws_gc_thresholds(tmp_path: Any,
+                                                processes: list[FwsProcess]) -> None:
+    from fws.service import GC_THRESHOLDS
+    from tests.helpers import write_module
+
+    module = write_module(tmp_path, (
+        "import gc\n"
+        "from fws.filters.base import WebSocketMessageFilter\n"
+        "class Thresholds(WebSocketMessageFilter):\n"
+        "    @staticmethod\n"
+        "    def filter(conn, data):\n"
+        "        conn.sendMessage(repr(gc.get_threshold()))\n"
+    ))
+    proc = FwsProcess([], cwd=tmp_path)
+    proc.args = ["-p", str(proc.port), "-i", "127.0.0.1", "-f", module]
+    processes.append(proc)
+    proc.start()
+    client = RawClient(proc.port)
+    client.send(frame(b"?"))
+    assert client.read_frame() == (1, repr(GC_THRESHOLDS).encode())
