@@ -13,7 +13,6 @@ setup(
         Extension(
             "fws._speedups",
             sources=["fws/_speedups.c"],
-            extra_compile_args=["-O2"],
             optional=True,
         )
     ]

@@ -29,7 +29,8 @@ def py_encode_frame(payload: bytes, is_binary: bool) -> bytes:
 
     This is all a server frame is; building it here lets fws write it to the
     transport directly instead of through Autobahn's per-frame bookkeeping.
-    ``tests/test_fast_path.py`` pins it to what Autobahn itself sends.
+    ``tests/test_framing.py`` pins it (and the compiled one) to what Autobahn
+    itself sends.
     """
     n = len(payload)
     first = 0x82 if is_binary else 0x81

@@ -36,6 +36,26 @@ log = Logger()
 #: (benchmarks/results/gc-ab-20261125.md), fan-out and idle memory unchanged.
 GC_THRESHOLDS = (10_000, 20, 20)
 _PYTHON_GC_DEFAULTS = (700, 10, 10)
+#: Running services that hold the thresholds raised: the setting is the process's,
+#: so the first to start raises it and the last to stop puts Python's back.
+_gc_holders: set[Any] = set()
+
+
+def _hold_gc_thresholds(service: Any) -> None:
+    """Raise the thresholds for ``service``, unless someone else chose their own."""
+    if not _gc_holders:
+        if gc.get_threshold() != _PYTHON_GC_DEFAULTS:
+            return  # an embedding application's or a filter module's choice stays
+        gc.set_threshold(*GC_THRESHOLDS)
+    _gc_holders.add(service)
+
+
+def _release_gc_thresholds(service: Any) -> None:
+    if service not in _gc_holders:
+        return
+    _gc_holders.discard(service)
+    if not _gc_holders and gc.get_threshold() == GC_THRESHOLDS:
+        gc.set_threshold(*_PYTHON_GC_DEFAULTS)
 
 
 class ListenError(Exception):
@@ -164,12 +184,7 @@ class FwsService(MultiService):
         super().startService()
         if self.heartbeat is not None:
             self.heartbeat.start()
-        # Only over Python's defaults: thresholds an embedding application or a
-        # filter module chose stay as they are. stopService puts them back.
-        self._gc_before: tuple[int, ...] | None = None
-        if gc.get_threshold() == _PYTHON_GC_DEFAULTS:
-            self._gc_before = gc.get_threshold()
-            gc.set_threshold(*GC_THRESHOLDS)
+        _hold_gc_thresholds(self)
 
     async def _stop(self) -> None:
         self.draining = True
@@ -184,9 +199,7 @@ class FwsService(MultiService):
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
-        before, self._gc_before = getattr(self, "_gc_before", None), None
-        if before is not None and gc.get_threshold() == GC_THRESHOLDS:
-            gc.set_threshold(*before)
+        _release_gc_thresholds(self)
         return Deferred.fromCoroutine(self._stop())
 
 
