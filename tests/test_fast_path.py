@@ -302,8 +302,11 @@ def test_fws_server_runs_on_the_fws_reactor(echo_server: FwsProcess) -> None:
     """And on the framing the fixture asked for, which the startup line names."""
     framing = ("Python (FWS_PURE_PYTHON is set)" if echo_server.env["FWS_PURE_PYTHON"]
                else "compiled (fws._speedups)")
+    # Logged before "listening on" (which start() waited for), so it is there now.
     assert any(f"reactor: FwsEPollReactor; framing: {framing}" in line
-               for line in echo_server.lines())
+               for line in echo_server.lines()), echo_server.lines()
+    first = next(i for i, line in enumerate(echo_server.lines()) if "reactor: " in line)
+    assert not any("listening on" in line for line in echo_server.lines()[:first])
 
 
 def test_sends_from_io_and_from_timers_both_leave(tmp_path: Any,
