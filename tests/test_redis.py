@@ -383,3 +383,165 @@ async def test_commands_skip_the_pool_machinery(reactor: Any, redis: RedisProces
         assert await client.recv() == (b"after", False)
     finally:
         await server.stop()
+
+
+async def _started_service(reactor: Any, redis: RedisProcess, **options: Any) -> Any:
+    """A RedisService on ``redis`` subscribed to ``global``; its messages land in ``.received``."""
+    from fws.redis_service import RedisAddress, RedisService
+
+    received: list[bytes] = []
+    service = RedisService(
+        reactor, RedisAddress(host="127.0.0.1", port=redis.port), channels=[b"global"],
+        on_message=lambda channel, data, pattern: received.append(data), **options,
+    )
+    service.received = received  # type: ignore[attr-defined]
+    service.startService()
+    await wait_for(reactor, lambda: service.ready, what="subscribed")
+    return service
+
+
+@pytest_twisted.ensureDeferred
+async def test_fast_publish_pairs_every_reply_with_its_command(
+    reactor: Any, redis: RedisProcess
+) -> None:
+    """
+    Fast PUBLISHes and txredisapi's own commands share one connection and one
+    reply stream: interleaved, with error replies and a cancelled PUBLISH among
+    them, every Deferred gets its own command's reply.
+    """
+    from twisted.internet.defer import DeferredList
+
+    from tests.helpers import count_calls
+
+    service = await _started_service(reactor, redis)
+    try:
+        redis.command("SET", "not-a-number", "abc")
+        expected: list[Any] = []
+        results: list[Any] = []
+        cancelled = None
+        for i in range(300):
+            results.append(service.publish("global", b"m%d" % i))
+            expected.append(1)  # this service's subscriber
+            results.append(service.publish(b"nobody-listens", bytearray(b"x")))
+            expected.append(0)
+            results.append(service.execute("incr", "counter"))
+            expected.append(i + 1)
+            if i % 50 == 0:
+                results.append(service.execute("incr", "not-a-number"))  # an error reply
+                expected.append("ResponseError")
+            if i == 100:
+                cancelled = service.publish("global", "cancelled, but still published")
+                cancelled.cancel()
+        outcomes = await DeferredList(results, consumeErrors=True)
+        got = [value if ok else type(value.value).__name__ for ok, value in outcomes]
+        assert got == expected
+        assert cancelled is not None and cancelled.called
+        await wait_for(reactor, lambda: len(service.received) == 301, what="every message")
+        assert service.received[:3] == [b"m0", b"m1", b"m2"] and service.received[-1] == b"m299"
+        assert b"cancelled, but still published" in service.received
+        # str and memoryview data are sent as UTF-8 and as their bytes
+        assert await service.publish("global", "é") == 1
+        assert await service.publish("global", memoryview(b"view")) == 1
+        await wait_for(reactor, lambda: service.received[-2:] == ["é".encode(), b"view"],
+                       what="str and memoryview")
+        # the regression guard: no reply-timeout timer, no command builder, no reply queue
+        calls = count_calls(lambda: results.append(service.publish("global", b"guard")))
+        assert not [name for name in calls if name.rpartition(":")[2] in (
+            "callLater", "execute_command", "_build_command", "get", "getConnection")], calls
+        assert await results[-1] == 1
+    finally:
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_publish_times_out_when_redis_stops_answering(
+    reactor: Any, redis: RedisProcess
+) -> None:
+    """One watchdog per connection replaces txredisapi's timer per command."""
+    import txredisapi
+    from twisted.logger import globalLogPublisher
+
+    warnings: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if "did not answer within" in event.get("log_format", ""):
+            warnings.append(event["log_format"])
+
+    service = await _started_service(reactor, redis, ping_interval=0, reply_timeout=0.3)
+    globalLogPublisher.addObserver(observe)
+    try:
+        assert await service.publish("global", b"before") == 1
+        redis.pause()  # the connection stays up; Redis answers nothing
+        started = reactor.seconds()
+        with pytest.raises(txredisapi.TimeoutError):  # not twisted's, from addTimeout
+            await service.publish("global", b"unanswered").addTimeout(10, reactor)
+        waited = reactor.seconds() - started
+        assert waited >= 0.3  # never before a whole reply_timeout of silence
+        assert warnings, "the timeout was not logged"
+        await wait_for(reactor, lambda: not service.commands_connected, what="connection dropped")
+        redis.resume()
+        await wait_for(reactor, lambda: service.commands_connected, what="reconnected")
+        assert await service.publish("global", b"after") == 1
+    finally:
+        redis.resume()
+        globalLogPublisher.removeObserver(observe)
+        await service.stopService()
+
+
+BUSY_100_MS = """
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > 100000
+return 1
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_but_answering_redis_is_not_timed_out(
+    reactor: Any, redis: RedisProcess
+) -> None:
+    """
+    For 1.5 s (five reply timeouts) a PUBLISH is always owed, queued behind a
+    script that keeps Redis busy for 0.1 s: answers keep coming, so the
+    watchdog must not take the connection down.
+    """
+    service = await _started_service(reactor, redis, ping_interval=0, reply_timeout=0.3)
+    try:
+        published = []
+        end = reactor.seconds() + 1.5
+        while reactor.seconds() < end:
+            busy = service.execute("eval", BUSY_100_MS)
+            published.append(service.publish("global", b"behind a busy script"))
+            assert await busy == 1
+        assert [await d for d in published] == [1] * len(published)
+        assert len(published) >= 10
+        assert service.outages["command"] == 0 and service.commands_connected
+    finally:
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_outstanding_publishes_fail_when_redis_dies(
+    reactor: Any, redis: RedisProcess
+) -> None:
+    """Killed with replies owed: every PUBLISH fires (sent or ConnectionError), none hangs."""
+    import txredisapi
+
+    service = await _started_service(reactor, redis)
+    try:
+        results = [service.publish("global", b"x" * 1000) for _ in range(2000)]
+        redis.kill()
+        await wait_for(reactor, lambda: all(d.called for d in results), what="every Deferred fired")
+        outcomes: list[Any] = []
+        for d in results:
+            d.addCallbacks(outcomes.append, lambda f: outcomes.append(f.trap(txredisapi.ConnectionError)))
+        assert len(outcomes) == 2000 and txredisapi.ConnectionError in outcomes
+        assert all(o in (0, 1, txredisapi.ConnectionError) for o in outcomes)
+        await wait_for(reactor, lambda: not service.commands_connected, what="outage noticed")
+        with pytest.raises(txredisapi.ConnectionError):  # RedisUnavailable: not even sent
+            await service.publish("global", b"while down")
+        redis.start()
+        await wait_for(reactor, lambda: service.ready, timeout=5, what="reconnected")
+        assert await service.publish("global", b"back") == 1
+    finally:
+        await service.stopService()

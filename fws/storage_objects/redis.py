@@ -141,14 +141,14 @@ class RedisStorage(MultiService):
 
     def publish(self, channel: str, data: str | bytes) -> Deferred[int]:
         """Publish on a channel as any Redis client would (no key prefix, no envelope)."""
-        return self.redis.execute("publish", channel, data)
+        return self.redis.publish(channel, data)
 
     # --- one logical server --------------------------------------------------------------
 
     def relay(self, group: str | None, exclude_id: str | None, is_binary: bool, payload: bytes) -> None:
         """Hand a broadcast to the other nodes (the factory already delivered it here)."""
         header = json.dumps([self.node_id, group, exclude_id, is_binary], separators=(",", ":"))
-        d = self.redis.execute("publish", self.bus, header.encode() + b"\n" + payload)
+        d = self.redis.publish(self.bus, header.encode() + b"\n" + payload)
         d.addErrback(self._relay_failed)
 
     def _relay_failed(self, failure: Any) -> None:
