@@ -35,11 +35,8 @@ def main() -> None:
     out = os.path.join(harness, "results", f"profile-{server}-connect.folded")
     srv = bench.Server(server, bench.load_servers()[server], logs)
     try:
-        spy = subprocess.Popen(
-            ["taskset", "-c", bench.CLIENT_CPU, os.path.join(harness, "venv/bin/py-spy"), "record",
-             "--nonblocking", "-r", "400", "-d", str(2 * rounds + 2), "--format", "raw", "-o", out,
-             "--pid", str(srv.pids[-1])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        spy = subprocess.Popen(py_spy(harness, bench, python_pid(srv), 400, 2 * rounds + 2, out),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(1)
         for _ in range(rounds):
             p = bench.wsload(["-p", srv.port, "-m", "connect", "-n", 5000, "-c", 100,
@@ -53,6 +50,26 @@ def main() -> None:
     finally:
         srv.stop()
     report(out)
+
+
+def py_spy(harness: str, bench: object, pid: int, rate: int, seconds: int, out: str) -> list[str]:
+    """py-spy recording ``pid`` as raw folded stacks, pinned off the server's core."""
+    return ["taskset", "-c", bench.CLIENT_CPU,  # type: ignore[attr-defined]
+            os.path.join(harness, "venv/bin/py-spy"), "record", "--nonblocking", "-r", str(rate),
+            "-d", str(seconds), "--format", "raw", "-o", out, "--pid", str(pid)]
+
+
+def python_pid(srv: object) -> int:
+    """The fws process of a server's tree (not a wrapper script, not redis-server)."""
+    pids: list[int] = srv.pids  # type: ignore[attr-defined]
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"fws.cli" in f.read():
+                    return pid
+        except OSError:
+            pass
+    return pids[-1]  # another Python server of the harness
 
 
 def report(path: str) -> None:

@@ -37,10 +37,12 @@ sed -e "s|@HERE@|$here|g" -e "s|@PYTHON@|$python|g" "$here/servers.txt" | grep -
 mv "$work/servers.txt.new" "$work/servers.txt"
 if [ "$mode" = profile ]; then
     mkdir -p "$here/profiles" "$work/results/logs"
-    if [ "$scenarios" = connect ]; then  # the harness's profile.py has no connect mode
+    # Our own profilers, not the harness's tools/profile.py: that one records the last
+    # process of a server's tree (redis-server for fws-redis) and has no connect mode.
+    if [ "$scenarios" = connect ]; then
         (cd "$work" && python3 "$here/profile_connect.py" "$work" "$servers" "${3:-5}")
     else
-        (cd "$work" && python3 tools/profile.py "$servers" "$scenarios" "${3:-4}")
+        (cd "$work" && python3 "$here/profile_server.py" "$work" "$servers" "$scenarios" "${3:-4}")
     fi | tee "$here/profiles/$servers-$scenarios.txt"
     exit 0
 fi
