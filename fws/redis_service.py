@@ -190,9 +190,13 @@ class _CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc,valid-typ
 
     @property
     def can_publish(self) -> bool:
-        """Usable, and not holding back commands for a MULTI or a pipeline."""
-        return bool(self._ready and self.connected and not self.pipelining and not self.inMulti
-                    and not self.transactions)
+        """
+        Usable, and not holding back commands for a MULTI or a pipeline.
+
+        ``_ready`` is set and cleared with ``connected``; ``transactions`` (queued
+        MULTI commands) is nonzero only while ``inMulti``: neither is checked again.
+        """
+        return bool(self._ready and not self.pipelining and not self.inMulti)
 
     def fast_publish(self, channel: bytes, data: bytes) -> Deferred[int]:
         """PUBLISH ``data`` on ``channel``; fires with the number of subscribers reached."""
