@@ -76,17 +76,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # filters print lines; pipes see them at once
     start_logging(config)
-    from twisted.logger import Logger
-
-    from fws.framing import DESCRIPTION
-
-    # Before listening: whoever waits for "listening on" may read this line at once.
-    Logger(namespace="fws.cli").info("reactor: {reactor}; framing: {framing}",
-                                     reactor=type(reactor).__name__, framing=DESCRIPTION)
     try:
         service.privilegedStartService()
     except ListenError as e:
         fail_startup(PROG, str(e), 1)
+    from twisted.logger import Logger
+
+    from fws.framing import DESCRIPTION
+
+    Logger(namespace="fws.cli").info("reactor: {reactor}; framing: {framing}",
+                                     reactor=type(reactor).__name__, framing=DESCRIPTION)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.callWhenRunning(install_stop_signals, reactor)
