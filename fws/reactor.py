@@ -11,6 +11,16 @@ message) that wrapper was 21 % of the server's time. :class:`FwsEPollReactor`
 dispatches directly. ``_doReadOrWrite`` still catches and logs whatever a
 protocol raises, exactly as before.
 
+The commonest event of all, "a TCP connection has data", then still costs
+``_doReadOrWrite`` (disconnect and fileno checks), ``Connection.doRead`` and
+``Connection._dataReceived`` around the ``recv``: three Python calls per read,
+16 % of the echo path. For that event alone (``EPOLLIN`` and nothing else, on a
+plain ``tcp.Server``), ``doPoll`` does what those three do inline, with the
+same outcomes: ``EWOULDBLOCK`` ignored, other ``recv`` errors a lost
+connection, an empty read a clean one, anything the protocol raises logged
+and the connection dropped. ``tests/test_fast_path.py`` pins the Twisted
+source it mirrors.
+
 ``fws_server`` installs it when nothing has installed a reactor yet and the
 platform has epoll; under twistd, choose it with ``twistd --reactor fws-epoll``.
 """
@@ -18,6 +28,7 @@ platform has epoll; under twistd, choose it with ``twistd --reactor fws-epoll``.
 from __future__ import annotations
 
 import errno
+import sys
 from typing import Any
 
 from twisted.logger import Logger
@@ -26,7 +37,15 @@ _log = Logger()
 
 
 def _reactor_class() -> type:
+    from select import EPOLLIN
+
     from twisted.internet.epollreactor import EPollReactor
+    from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+    from twisted.internet.posixbase import _NO_FILEDESC
+    from twisted.internet.tcp import Server
+    from twisted.python import log
+
+    EWOULDBLOCK = errno.EWOULDBLOCK
 
     class FwsEPollReactor(EPollReactor):  # type: ignore[misc]
         """
@@ -59,8 +78,27 @@ def _reactor_class() -> type:
             try:
                 for fd, event in events:
                     selectable = selectables.get(fd)
-                    if selectable is not None:
+                    if selectable is None:
+                        continue
+                    if event != EPOLLIN or selectable.__class__ is not Server:
                         dispatch(selectable, fd, event)
+                        continue
+                    # Connection.doRead and _dataReceived, as _doReadOrWrite runs them.
+                    try:
+                        data = selectable.socket.recv(selectable.bufferSize)
+                    except OSError as se:
+                        if se.args[0] != EWOULDBLOCK:
+                            self._read_failed(selectable)
+                        continue
+                    if not data:
+                        self._disconnectSelectable(selectable, CONNECTION_DONE, True)
+                        continue
+                    try:
+                        selectable.protocol.dataReceived(data)
+                    except BaseException:
+                        why = sys.exc_info()[1]
+                        log.err()
+                        self._disconnectSelectable(selectable, why, True)
             finally:
                 self.fws_dispatching = False
             after = self.fws_after_io
@@ -73,6 +111,13 @@ def _reactor_class() -> type:
                         _log.failure("unhandled error after I/O in {call!r}", call=call)
 
         doIteration = doPoll
+
+        def _read_failed(self, selectable: Any) -> None:
+            """``recv`` failed: a closed descriptor or a lost connection, as Twisted tells them."""
+            if selectable.fileno() == -1:
+                self._disconnectSelectable(selectable, _NO_FILEDESC, False)
+            else:
+                self._disconnectSelectable(selectable, CONNECTION_LOST, True)
 
     return FwsEPollReactor
 

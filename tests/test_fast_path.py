@@ -298,6 +298,205 @@ def test_the_reactor_fws_patches_is_twisteds() -> None:
     assert EPollReactor.doIteration is EPollReactor.doPoll
 
 
+def test_the_read_path_fws_inlines_is_twisteds() -> None:
+    """FwsEPollReactor reads a tcp.Server as these three Twisted methods do: pin them."""
+    import inspect
+
+    from twisted.internet import posixbase, tcp
+
+    assert tcp.Server.doRead is tcp.Connection.doRead
+    assert tcp.Server._dataReceived is tcp.Connection._dataReceived
+    read = inspect.getsource(tcp.Connection.doRead)
+    for line in ("data = self.socket.recv(self.bufferSize)", "if se.args[0] == EWOULDBLOCK:",
+                 "return main.CONNECTION_LOST", "return self._dataReceived(data)"):
+        assert line in read, line
+    received = inspect.getsource(tcp.Connection._dataReceived)
+    for line in ("return main.CONNECTION_DONE", "self.protocol.dataReceived(data)"):
+        assert line in received, line
+    dispatch = inspect.getsource(posixbase._PollLikeMixin._doReadOrWrite)
+    for line in ("if selectable.fileno() == -1:", "why = _NO_FILEDESC", "why = selectable.doRead()",
+                 "inRead = True", "log.err()", "self._disconnectSelectable(selectable, why, inRead)"):
+        assert line in dispatch, line
+
+
+class _Recorder:
+    """A protocol that records what the transport hands it (and can raise on demand)."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.lost: list[Any] = []
+        self.explode = False
+
+    def makeConnection(self, transport: Any) -> None:
+        self.transport = transport
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+        if self.explode:
+            raise ValueError("a protocol bug")
+
+    def connectionLost(self, reason: Any) -> None:
+        self.lost.append(reason)
+
+
+@pytest.fixture
+def private_reactor() -> Any:
+    """fws's reactor, not installed: the test drives its doPoll by hand."""
+    from fws.reactor import _reactor_class
+
+    reactor = _reactor_class()()
+    yield reactor
+    for selectable in list(reactor._selectables.values()):
+        if selectable is not reactor.waker:
+            reactor.removeReader(selectable)
+            selectable.socket.close()
+    reactor.waker.connectionLost(None)
+    reactor._poller.close()
+
+
+def _served(reactor: Any) -> tuple[Any, Any, Any]:
+    """A real tcp.Server transport on ``reactor`` and the client socket talking to it."""
+    import socket
+
+    from twisted.internet import tcp
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        client = socket.create_connection(listener.getsockname())
+        accepted, address = listener.accept()
+    accepted.setblocking(False)
+    protocol = _Recorder()
+    server = tcp.Server(accepted, protocol, address, None, 1, reactor)  # type: ignore[arg-type]
+    server.repstr = f"<test server on fd {accepted.fileno()}>"  # Twisted sets it from the Port
+    protocol.makeConnection(server)  # Server() started reading
+    return server, protocol, client
+
+
+def _poll_until(reactor: Any, done: Any) -> None:
+    for _ in range(200):
+        reactor.doPoll(0.05)
+        reactor.runUntilCurrent()
+        if done():
+            return
+    raise AssertionError("the reactor never got there")
+
+
+@pytest.fixture
+def twisted_reads(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The tcp.Connection.doRead calls made: the ones fws's reactor did not inline."""
+    from twisted.internet import tcp
+
+    calls: list[Any] = []
+    original = tcp.Connection.doRead
+
+    def counted(self: Any) -> Any:
+        calls.append(self)
+        return original(self)
+
+    monkeypatch.setattr(tcp.Connection, "doRead", counted)
+    return calls
+
+
+def test_fws_reactor_reads_deliver_in_order(private_reactor: Any, twisted_reads: list[Any]) -> None:
+    server, protocol, client = _served(private_reactor)
+    try:
+        for i in range(50):
+            client.sendall(b"chunk %d;" % i)
+            _poll_until(private_reactor, lambda: b"".join(protocol.received).endswith(b"%d;" % i))
+    finally:
+        client.close()
+    assert b"".join(protocol.received) == b"".join(b"chunk %d;" % i for i in range(50))
+    assert twisted_reads == []  # the inlined path served every read
+    assert protocol.lost == []
+
+
+def test_fws_reactor_clean_close_reset_and_protocol_errors(
+    private_reactor: Any, twisted_reads: list[Any], logged_errors: list[Any]
+) -> None:
+    import errno
+    import socket
+    import struct
+
+    from twisted.internet.error import ConnectionDone, ConnectionLost
+
+    # The client closes: an empty read is a clean end.
+    server, protocol, client = _served(private_reactor)
+    client.sendall(b"last words")
+    client.close()
+    _poll_until(private_reactor, lambda: protocol.lost)
+    assert protocol.received == [b"last words"] and twisted_reads == []
+    assert protocol.lost[0].check(ConnectionDone)
+
+    # The client resets (epoll reports HUP and ERR too: Twisted's own path handles it).
+    server, protocol, client = _served(private_reactor)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+    _poll_until(private_reactor, lambda: protocol.lost)
+    assert protocol.lost[0].check(ConnectionLost) and twisted_reads == [server]
+
+    # recv fails on a plain "readable" event: EWOULDBLOCK is nothing, anything else
+    # a lost connection (not a clean one).
+    server_before = server
+    server, protocol, client = _served(private_reactor)
+    real = server.socket
+    failures = [BlockingIOError(errno.EAGAIN, "spurious"), ConnectionResetError(errno.ECONNRESET, "reset")]
+
+    class Failing:
+        def fileno(self) -> int:
+            return real.fileno()
+
+        def recv(self, size: int) -> bytes:
+            raise failures.pop(0)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    server.socket = Failing()
+    client.sendall(b"unread")
+    private_reactor.doPoll(1)
+    assert failures and not protocol.lost  # EAGAIN: still open, still readable
+    _poll_until(private_reactor, lambda: protocol.lost)
+    assert not failures and protocol.received == [] and twisted_reads == [server_before]
+    assert protocol.lost[0].check(ConnectionLost)
+    client.close()
+
+    # The protocol raises: logged, and the connection dropped with that error.
+    server, protocol, client = _served(private_reactor)
+    protocol.explode = True
+    client.sendall(b"boom")
+    _poll_until(private_reactor, lambda: protocol.lost)
+    assert protocol.lost[0].check(ValueError)
+    assert [event["failure"].value for event in logged_errors] == [protocol.lost[0].value]
+    logged_errors.clear()
+    client.close()
+
+    # A socket object that says it was closed (fileno -1) while its descriptor was
+    # still registered: Twisted's "file descriptor went away", not a lost connection.
+    from twisted.internet.error import ConnectionFdescWentAway
+
+    server, protocol, client = _served(private_reactor)
+    real_closed = server.socket
+
+    class Closed:
+        def fileno(self) -> int:
+            return -1
+
+        def recv(self, size: int) -> bytes:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real_closed, name)
+
+    server.socket = Closed()
+    server.fileno = server.socket.fileno  # Connection binds its socket's fileno
+    client.sendall(b"too late")
+    _poll_until(private_reactor, lambda: protocol.lost)
+    assert protocol.lost[0].check(ConnectionFdescWentAway) and protocol.received == []
+    real_closed.close()
+    client.close()
+
+
 def test_fws_server_runs_on_the_fws_reactor(echo_server: FwsProcess) -> None:
     """And on the framing the fixture asked for, which the startup line names."""
     framing = ("Python (FWS_PURE_PYTHON is set)" if echo_server.env["FWS_PURE_PYTHON"]
