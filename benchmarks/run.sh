@@ -5,6 +5,9 @@
 #   benchmarks/run.sh fws,fws-redis,ab-prepared,node-ws fanout-1000-64 3     (the default)
 #   benchmarks/run.sh profile SERVER SCENARIO [SECONDS]     py-spy profile -> benchmarks/profiles/
 #   benchmarks/run.sh profile SERVER connect [ROUNDS]       (handshakes: benchmarks/profile_connect.py)
+#   benchmarks/run.sh cpu SERVERS [RECEIVERS] [MESSAGES] [REPS]
+#                         server user/system CPU per delivery of a lone broadcast
+#                         (benchmarks/cpu_per_delivery.py; defaults 5000 200 3)
 #
 # The harness (../shared/bench, or $FWS_BENCH_HARNESS) is copied to $FWS_BENCH_DIR
 # (default /tmp/fws-bench) so that a read-only checkout of it works; the fws
@@ -18,8 +21,8 @@ harness=${FWS_BENCH_HARNESS:-$root/../shared/bench}
 work=${FWS_BENCH_DIR:-/tmp/fws-bench}
 python=${FWS_PYTHON:-$(command -v python3)}
 mode=run
-if [ "${1:-}" = profile ]; then
-    mode=profile
+if [ "${1:-}" = profile ] || [ "${1:-}" = cpu ]; then
+    mode=$1
     shift
 fi
 servers=${1:-fws,fws-redis,ab-prepared,node-ws}
@@ -44,6 +47,18 @@ if [ "$mode" = profile ]; then
     else
         (cd "$work" && python3 "$here/profile_server.py" "$work" "$servers" "$scenarios" "${3:-4}")
     fi | tee "$here/profiles/$servers-$scenarios.txt"
+    exit 0
+fi
+if [ "$mode" = cpu ]; then
+    mkdir -p "$here/results"
+    {
+        echo "# $tag"
+        echo
+        echo "Machine: $(nproc) cores, $(uname -sr), $("$python" --version 2>&1); $(date -u +%Y-%m-%d)."
+        echo "Command: benchmarks/run.sh cpu $servers ${2:-5000} ${3:-200} ${4:-3}"
+        echo
+        (cd "$work" && python3 "$here/cpu_per_delivery.py" "$work" "$servers" "${2:-5000}" "${3:-200}" "${4:-3}")
+    } | tee "$here/results/$tag.md"
     exit 0
 fi
 (cd "$work" && TAG="$tag" ./run.sh "$servers" "$scenarios" "$reps")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 import textwrap
 import uuid
@@ -37,7 +38,12 @@ class Client(WebSocketClientProtocol):
         self.factory.opened.callback(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.events.append(("message", payload))
         self.factory.messages.put((payload, isBinary))
+
+    def onPing(self, payload: bytes) -> None:
+        self.factory.events.append(("ping", payload))
+        super().onPing(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.close_code = code
@@ -76,6 +82,8 @@ class ClientFactory(WebSocketClientFactory):
         super().__init__(url, reactor=reactor, headers=headers)
         self.opened: Deferred[Client] = Deferred()
         self.messages: DeferredQueue[tuple[bytes, bool]] = DeferredQueue()
+        #: Messages and pings in the order they arrived: ("message" or "ping", payload).
+        self.events: list[tuple[str, bytes]] = []
         self.close_code: int | None = None
         self.closed: Deferred[int | None] = Deferred()
         self.noisy = False
@@ -160,8 +168,11 @@ def count_calls(function: Any) -> Counter[str]:
             path = frame.f_code.co_filename
             package = next((p for p in ("fws", "autobahn", "twisted") if f"/{p}/" in path), "other")
             calls[f"{package}:{frame.f_code.co_name}"] += 1
-        elif event == "c_call" and (getattr(arg, "__module__", None) or "").startswith("fws."):
-            calls[f"fws:{arg.__name__}"] += 1  # fws._speedups: counted like its Python twin
+        elif event == "c_call":
+            if (getattr(arg, "__module__", None) or "").startswith("fws."):
+                calls[f"fws:{arg.__name__}"] += 1  # fws._speedups: counted like its Python twin
+            elif isinstance(getattr(arg, "__self__", None), socket.socket):
+                calls[f"socket:{arg.__name__}"] += 1  # the system calls that carry the data
 
     sys.setprofile(profiler)
     try:

@@ -48,11 +48,12 @@ async def test_fast_paths_deliver_every_size_intact(reactor: Any) -> None:
 @pytest_twisted.ensureDeferred
 async def test_python_calls_per_delivery(reactor: Any) -> None:
     """
-    Per recipient, a broadcast queues the frame without a single function call,
-    and the end-of-turn flush makes one fws call (``write_out``) that hands
-    the bytes to the socket: no Autobahn and no Twisted code per delivery.
-    Fails when a change adds per-recipient work or routes deliveries back
-    through Autobahn's or Twisted's write paths.
+    Per recipient, a broadcast and the end-of-turn flush cost one ``send`` on
+    its socket and not one Python function call: no fws, Autobahn or Twisted
+    code per delivery once a connection's lane is ``ok``. The first message
+    to a connection goes through ``write_out``, which checks its transport
+    and makes the lane ``ok``. Fails when a change adds per-recipient calls or
+    routes deliveries back through Autobahn's or Twisted's write paths.
     """
     server = Server(reactor, ["echo"]).start()
     try:
@@ -62,19 +63,77 @@ async def test_python_calls_per_delivery(reactor: Any) -> None:
         users = list(factory.users.values())
         assert all(conn._direct for conn in users)
 
-        def broadcast_and_flush(recipients: list[Any]) -> None:
+        def broadcast_and_flush(recipients: list[Any] | None) -> None:
             factory.broadcast(b"x" * 64, False, recipients=recipients)
             factory._flush_call.cancel()
             factory._flush()
 
+        first = count_calls(lambda: broadcast_and_flush(None))
+        assert first["fws:write_out"] == 60 and first["socket:send"] == 60, first
+        assert all(conn._lane.ok for conn in users)
         small = count_calls(lambda: broadcast_and_flush(users[:20]))
-        large = count_calls(lambda: broadcast_and_flush(users))
+        large = count_calls(lambda: broadcast_and_flush(None))
         extra = dict(large - small)  # what 40 more recipients cost
-        assert extra == {"fws:write_out": 40}, extra
+        assert extra == {"socket:send": 40}, extra
         for client in server.clients:
+            assert await client.recv() == (b"x" * 64, False)
             assert await client.recv() == (b"x" * 64, False)
         for client in server.clients[:20]:
             assert await client.recv() == (b"x" * 64, False)
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lane_leaves_the_fast_path_while_its_transport_holds_data(reactor: Any) -> None:
+    """
+    A ping (written by Autobahn into the transport's buffer) takes the lane
+    off the fast path, so the next broadcast cannot overtake it on the wire;
+    once ``write_out`` has seen the buffer empty the lane is ``ok`` again.
+    """
+    server = Server(reactor, ["echo"]).start()
+    try:
+        client = await server.connect()
+        [conn] = server.factory.users.values()
+        server.factory.broadcast(b"one", False)
+        assert await client.recv() == (b"one", False)
+        assert conn._lane.ok
+        conn.sendPing(b"p")
+        assert not conn._lane.ok and conn.transport._tempDataBuffer  # the ping waits there
+        server.factory.broadcast(b"two", False)
+        calls = count_calls(lambda: (server.factory._flush_call.cancel(), server.factory._flush()))
+        # behind the ping, through the transport's buffer: not sent to the socket first
+        assert calls["fws:write_out"] == 1 and calls["twisted:write"] and "socket:send" not in calls
+        assert not conn._lane.ok
+        assert await client.recv() == (b"two", False)
+        assert client.factory.events[-2:] == [("ping", b"p"), ("message", b"two")]
+        server.factory.broadcast(b"three", False)
+        assert await client.recv() == (b"three", False)
+        assert conn._lane.ok
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dropped_connection_gets_nothing_more(reactor: Any) -> None:
+    """
+    Autobahn drops a connection without a close frame (a protocol error, a
+    ping timeout) and its socket is still open until the reactor's next turn:
+    its lane must be off the fast path at once, so nothing is sent after it.
+    """
+    server = Server(reactor, ["echo"]).start()
+    try:
+        await server.connect()
+        other = await server.connect()
+        conn = server.factory.users[min(server.factory.users)]
+        assert server.factory.broadcast(b"warm", False) == 2
+        server.factory._flush_call.cancel()
+        server.factory._flush()
+        assert conn._lane.ok
+        conn.dropConnection(abort=True)
+        assert server.factory.broadcast(b"late", False) == 1  # the other one only
+        assert await other.recv() == (b"warm", False)
+        assert await other.recv() == (b"late", False)
     finally:
         await server.stop()
 
