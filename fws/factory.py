@@ -88,6 +88,8 @@ class FwsServerFactory(WebSocketServerFactory):
         self.node_id = node_id or secrets.token_hex(6)
         self.users: dict[str, FwsServerProtocol] = {}
         self.groups: dict[str, dict[str, FwsServerProtocol]] = {}
+        #: The members' lanes, group by group, in the same order (see ``_lanes``).
+        self._group_lanes: dict[str, dict[str, Lane]] = {}
         self.connections: set[FwsServerProtocol] = set()
         self._ids = itertools.count(1)
         self._consumer_backlog: deque[tuple[str, bytes, str | None]] | None = None
@@ -186,6 +188,7 @@ class FwsServerFactory(WebSocketServerFactory):
             return
         self.leave_group(conn)
         self.groups.setdefault(name, {})[conn.id] = conn
+        self._group_lanes.setdefault(name, {})[conn.id] = conn._lane
         conn.token = name
         if self._member_joined is not None:
             self._member_joined(name, conn.id)
@@ -200,6 +203,11 @@ class FwsServerFactory(WebSocketServerFactory):
             members.pop(conn.id, None)
             if not members:
                 del self.groups[name]
+        lanes = self._group_lanes.get(name)
+        if lanes is not None:
+            lanes.pop(conn.id, None)
+            if not lanes:
+                del self._group_lanes[name]
         conn.token = None
         if self._member_left is not None:
             self._member_left(name, conn.id)
@@ -364,9 +372,8 @@ class FwsServerFactory(WebSocketServerFactory):
         :returns: How many local connections it was written to.
         """
         data, binary = normalize_payload(payload, isBinary)
-        members = self.groups.get(group)
-        sent = self._send_all(data, binary, exclude,
-                              [conn._lane for conn in members.values()]) if members else 0
+        lanes = self._group_lanes.get(group)
+        sent = self._send_all(data, binary, exclude, lanes.values()) if lanes else 0
         if self._relay is not None:
             self._relay(group, exclude.id if exclude is not None else None, binary, data)
         return sent
@@ -384,10 +391,10 @@ class FwsServerFactory(WebSocketServerFactory):
         if group is None:
             lanes: Iterable[Lane] = self._lanes.values()
         else:
-            members = self.groups.get(group)
+            members = self._group_lanes.get(group)
             if not members:
                 return 0
-            lanes = [conn._lane for conn in members.values()]
+            lanes = members.values()
         exclude = self.users.get(exclude_id) if exclude_id is not None else None
         return self._send_all(payload, is_binary, exclude, lanes)
 

@@ -75,11 +75,26 @@ async def test_python_calls_per_delivery(reactor: Any) -> None:
         large = count_calls(lambda: broadcast_and_flush(None))
         extra = dict(large - small)  # what 40 more recipients cost
         assert extra == {"socket:send": 40}, extra
+        # A token group's members the same way (its lanes are kept with the group).
+        for conn in users[:50]:
+            factory.join_group(conn, "big" if conn in users[:45] else "small")
+
+        def group_and_flush(group: str) -> None:
+            factory.broadcast_group(group, b"g" * 64, False)
+            factory._flush_call.cancel()
+            factory._flush()
+
+        extra = dict(count_calls(lambda: group_and_flush("big"))
+                     - count_calls(lambda: group_and_flush("small")))
+        assert extra == {"socket:send": 40}, extra
         for client in server.clients:
             assert await client.recv() == (b"x" * 64, False)
             assert await client.recv() == (b"x" * 64, False)
         for client in server.clients[:20]:
             assert await client.recv() == (b"x" * 64, False)
+        for client in server.clients[:50]:
+            assert await client.recv() == (b"g" * 64, False)
+        await server.clients[-1].silent(0.05)
     finally:
         await server.stop()
 
