@@ -130,6 +130,46 @@ async def test_a_lane_leaves_the_fast_path_while_its_transport_holds_data(reacto
 
 
 @pytest_twisted.ensureDeferred
+async def test_broadcasts_and_replies_keep_their_order_with_and_without_compression(
+        reactor: Any) -> None:
+    """
+    Replies queued on a connection and broadcasts share its lane's queue, so
+    they leave in the order they were made; a client that negotiated
+    compression never takes the fast path (its frames are Autobahn's) and
+    gets the same stream.
+    """
+    from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateResponseAccept
+
+    server = Server.from_argv(reactor, "-f", "echo", "--compression").start()
+    try:
+        plain = await server.connect()
+        packed = await server.connect(perMessageCompressionOffers=[PerMessageDeflateOffer()],
+                                      perMessageCompressionAccept=PerMessageDeflateResponseAccept)
+        factory = server.factory
+        conns = sorted(factory.users.values(), key=lambda c: c.id)
+        assert conns[0]._perMessageCompress is None and conns[1]._perMessageCompress is not None
+        for round_ in range(3):  # the first round makes the plain lane ok
+            for conn in conns:
+                conn.sendMessage(f"reply-a{round_}")
+            assert factory.broadcast(f"all{round_}") == 2
+            for conn in conns:
+                conn.sendMessage(f"reply-b{round_}")
+            factory.broadcast_all(f"again{round_}", exclude=conns[1])
+            factory._flush_call.cancel()
+            factory._flush()
+        assert conns[0]._lane.ok and not conns[1]._lane.ok
+        for client, excluded in ((plain, False), (packed, True)):
+            expected = [m for r in range(3)
+                        for m in (f"reply-a{r}", f"all{r}", f"reply-b{r}", f"again{r}")
+                        if not (excluded and m.startswith("again"))]
+            assert [(await client.recv())[0].decode() for _ in expected] == expected
+        await plain.silent(0.05)
+        await packed.silent(0.0)
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_dropped_connection_gets_nothing_more(reactor: Any) -> None:
     """
     Autobahn drops a connection without a close frame (a protocol error, a
