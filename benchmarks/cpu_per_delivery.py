@@ -104,7 +104,7 @@ def run(bench: object, name: str, cmd: str, logs: str, receivers: int, messages:
 def main() -> None:
     harness, servers = sys.argv[1], sys.argv[2].split(",")
     receivers = int(sys.argv[3]) if len(sys.argv) > 3 else 5000
-    messages = int(sys.argv[4]) if len(sys.argv) > 4 else 100
+    messages = int(sys.argv[4]) if len(sys.argv) > 4 else 200  # run.sh cpu's default too
     reps = int(sys.argv[5]) if len(sys.argv) > 5 else 3
     sys.path.insert(0, harness)
     os.chdir(harness)

@@ -234,7 +234,7 @@ class FwsServerFactory(WebSocketServerFactory):
         data, binary = normalize_payload(payload, isBinary)
         if recipients is None:
             return self._send_all(data, binary, exclude, self._lanes.values())
-        return self._send_all(data, binary, exclude, [conn._lane for conn in recipients])
+        return self._send_all(data, binary, exclude, (conn._lane for conn in recipients))
 
     def _send_all(self, data: bytes, binary: bool, exclude: FwsServerProtocol | None,
                   lanes: Iterable[Lane]) -> int:
@@ -391,10 +391,10 @@ class FwsServerFactory(WebSocketServerFactory):
         if group is None:
             lanes: Iterable[Lane] = self._lanes.values()
         else:
-            members = self._group_lanes.get(group)
-            if not members:
+            group_lanes = self._group_lanes.get(group)
+            if not group_lanes:
                 return 0
-            lanes = members.values()
+            lanes = group_lanes.values()
         exclude = self.users.get(exclude_id) if exclude_id is not None else None
         return self._send_all(payload, is_binary, exclude, lanes)
 

@@ -746,7 +746,7 @@ class Lane:
     connection and its transport: with the kernel's send in between, every
     object touched per delivery is a cache miss, and touching the protocol's
     and the transport's attributes cost more than all the rest of fws's own
-    work (benchmarks/cpu_per_delivery.py: 2.3 us of user time per delivery,
+    work (benchmarks/cpu_per_delivery.py: 2.2 us of user time per delivery,
     against 0.6 us for a loop over sockets alone).
 
     ``ok`` holds only while all of these do: the connection is open, without

@@ -75,7 +75,7 @@ async def test_python_calls_per_delivery(reactor: Any) -> None:
         large = count_calls(lambda: broadcast_and_flush(None))
         extra = dict(large - small)  # what 40 more recipients cost
         assert extra == {"socket:send": 40}, extra
-        # A token group's members the same way (its lanes are kept with the group).
+        # A token group's members the same way: 40 more members, 40 sends and no call.
         for conn in users[:50]:
             factory.join_group(conn, "big" if conn in users[:45] else "small")
 
