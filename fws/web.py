@@ -21,7 +21,8 @@ from twisted.internet.task import LoopingCall
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Site
-from twisted.web.static import File
+
+from fws.static import StaticFiles
 
 #: How often the heartbeat that measures reactor lag ticks, in seconds.
 HEARTBEAT = 1.0
@@ -166,7 +167,8 @@ class PublicRoot(Resource):
     The root of the WebSocket port when it also speaks plain HTTP: WebSocket
     upgrades (any path) go to the fws factory, ``/healthz`` and ``/readyz``
     (with ``--public-health``) and ``/metrics`` (``--public-metrics``) are
-    answered, everything else comes from ``--static DIR``, or is a 404.
+    answered, everything else comes from ``--static DIR`` (:class:`fws.static.StaticFiles`,
+    which decides what of DIR may be served), or is a 404.
     """
 
     def __init__(self, factory: Any, service: Any, static: str | None, health: bool,
@@ -179,7 +181,7 @@ class PublicRoot(Resource):
             self.special[b"readyz"] = ReadyResource(service)
         if metrics is not None:
             self.special[b"metrics"] = MetricsResource(metrics)
-        self.static = File(static) if static else None
+        self.static = StaticFiles(static) if static else None
 
     def getChildWithDefault(self, path: bytes, request: Any) -> Resource:
         if _wants_websocket(request):
@@ -188,7 +190,7 @@ class PublicRoot(Resource):
         if special is not None and len(request.postpath) == 0:
             return special
         if self.static is not None:
-            return self.static.getChildWithDefault(path, request)
+            return self.static  # a leaf: it reads the whole path from the request itself
         return notFound()
 
     def render(self, request: Any) -> Any:
