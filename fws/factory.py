@@ -20,7 +20,8 @@ from twisted.logger import Logger
 from fws.limits import CLOSE_GOING_AWAY, CLOSE_IDLE, Limits
 from fws.metrics import Stats
 from fws.pipeline import FilterPipeline, run_chain
-from fws.protocol import FwsRawDataProtocol, FwsServerProtocol, Lane, normalize_payload
+from fws.protocol import (FwsRawDataProtocol, FwsServerProtocol, Lane, normalize_payload,
+                          unsent_bytes)
 from fws.storage_objects import StorageObject
 from fws.timers import BucketTimer
 
@@ -448,8 +449,15 @@ class FwsServerFactory(WebSocketServerFactory):
         same moment. A connection still in its opening handshake (accepted just
         before the stop, its request maybe not even read yet) is not reset: it
         completes the handshake and gets the same close frame at once, so its
-        client sees an ordinary close and reconnects. Whatever is still
-        connected ``timeout`` seconds after the last close frame is aborted.
+        client sees an ordinary close and reconnects.
+
+        Each close frame goes after what was already queued for its client,
+        and the close handshake timeout only starts once the client has all
+        of it (:meth:`FwsServerProtocol.close` with ``drain``): a client that
+        reads slowly gets every message, then the close, for as long as
+        ``timeout`` allows. Whatever is still connected ``drain_period +
+        timeout`` seconds after the call (``timeout`` after the last close
+        frame at the latest) is aborted, with one log line for all of them.
         """
         self.closing = (code, reason)
         conns = list(self.connections)
@@ -472,10 +480,23 @@ class FwsServerFactory(WebSocketServerFactory):
     @staticmethod
     def _close_batch(batch: list[FwsServerProtocol], code: int, reason: str) -> None:
         for conn in batch:
-            conn.close(code, reason)
+            conn.close(code, reason, drain=True)
 
     def _abort_remaining(self, conns: list[FwsServerProtocol]) -> None:
-        for conn in conns:
-            if conn in self.connections and conn.transport is not None:
-                self._log.warn("connection {conn_id} did not close in time; aborting", conn_id=conn.id)
-                conn.transport.abortConnection()
+        """
+        The stop timeout is up: abort what is still connected, and say so in
+        one line (a thousand slow clients make one event, not a thousand lines).
+        """
+        late = [conn for conn in conns if conn in self.connections and conn.transport is not None]
+        if not late:
+            return
+        unsent = [sum(unsent_bytes(conn.transport)) for conn in late]
+        receiving = sum(1 for n in unsent if n)
+        ids = ", ".join(conn.id for conn in late[:5]) + (", ..." if len(late) > 5 else "")
+        self._log.warn(
+            "stop timeout: aborting {count} connection{s} still open ({receiving} with "
+            "{unsent} bytes not yet delivered, {waiting} waiting for the close handshake): "
+            "{ids}", count=len(late), s="" if len(late) == 1 else "s",
+            receiving=receiving, unsent=sum(unsent), waiting=len(late) - receiving, ids=ids)
+        for conn in late:
+            conn.transport.abortConnection()

@@ -10,6 +10,8 @@ is a no-op).  An event whose chain is empty does no work at all.
 
 from __future__ import annotations
 
+import struct
+import sys
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,6 +25,12 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+try:
+    import fcntl
+    import termios
+except ImportError:  # not a POSIX system: no kernel queue to look at
+    fcntl = termios = None  # type: ignore[assignment]
+
 from fws.filters.base import Refuse
 from fws.framing import encode_frame, parse_frames
 from fws.limits import CLOSE_POLICY, CLOSE_SLOW_CONSUMER, origin_allowed
@@ -35,6 +43,11 @@ if TYPE_CHECKING:
 #: While more messages than this wait behind an asynchronous filter, the
 #: connection stops reading from its socket (TCP backpressure to the client).
 MAX_BACKLOG = 256
+
+#: How often a connection closed by a graceful stop looks at what the kernel
+#: still holds for its client (see :meth:`FwsServerProtocol._check_drained`):
+#: the kernel tells no one when a client has acknowledged its last byte.
+DRAIN_CHECK_INTERVAL = 0.25
 
 
 @dataclass(frozen=True)
@@ -192,6 +205,10 @@ class FwsServerProtocol(WebSocketServerProtocol):
     _dropped = 0
     _idle_mark = -1
     _idle_since = 0.0
+    #: True from a draining close (see :meth:`close`) until its output has all
+    #: reached the client; ``_drain_call`` is the next look at the kernel's queue.
+    _draining = False
+    _drain_call: Any = None
     #: Where this connection's outgoing frames wait for the flush (see :class:`Lane`).
     _lane: Lane
     #: Whether the transport is plain TCP whose socket fws may write itself.
@@ -364,19 +381,85 @@ class FwsServerProtocol(WebSocketServerProtocol):
             self._log.info("connection {conn_id} caught up; {dropped} messages to it were dropped",
                            conn_id=self.id, dropped=self._dropped)
             self._dropped = 0
+        if self._draining and self._drain_call is None:
+            self._check_drained()  # Twisted's buffer is empty: what is left is in the kernel
 
-    def close(self, code: int = 1000, reason: str | None = None) -> None:
+    def close(self, code: int = 1000, reason: str | None = None, *, drain: bool = False) -> None:
         """
         Start the closing handshake with any valid close code.
 
         Autobahn's ``sendClose`` only lets applications use 1000 and
         3000-4999; a server also needs the protocol codes (1001 going away,
         1008 policy violation, 1009 too big), so this sends the frame itself.
+        The frame goes after everything already queued for the client.
+
+        :param drain: Start the close handshake timeout only once everything
+            queued, the close frame last, has reached the client (see
+            :meth:`_drain`). A graceful stop closes this way; its deadline
+            (``FwsServerFactory.close_all``) bounds the wait, which nothing
+            else would for a client that has stopped reading.
         """
         if self.state != self.STATE_OPEN:
             return
         reason_utf8 = reason.encode("utf-8")[:123] if reason else None
         self.sendCloseFrame(code=code, reasonUtf8=reason_utf8, isReply=False)
+        if drain and self.state == self.STATE_CLOSING:
+            self._drain()
+
+    def _drain(self) -> None:
+        """
+        Hold the close handshake timeout while the client is still receiving.
+
+        Autobahn starts it (2 s) when the close frame is queued and then
+        aborts the connection, and an abort throws away whatever is still
+        queued: in Twisted's buffer and in the kernel's send queue (megabytes
+        for a client that reads slowly). Here the timeout starts once all of
+        it has been acknowledged by the client (:meth:`_check_drained`), so
+        it measures what it is meant to: how long the client takes to answer
+        a close frame it has. Keepalive is stopped too: no ping can follow a
+        close frame, and a pong stuck behind the queued output must not cut
+        a client that is reading it.
+        """
+        call = self.closeHandshakeTimeoutCall
+        if call is not None:
+            call.cancel()
+            self.closeHandshakeTimeoutCall = None
+        for name in ("autoPingPendingCall", "autoPingTimeoutCall"):
+            call = getattr(self, name)
+            if call is not None:
+                call.cancel()
+                setattr(self, name, None)
+        self.autoPingPending = None  # a late pong is then ignored, silently
+        self._draining = True
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        """
+        Start the close handshake timeout if nothing is left to deliver; else look again.
+
+        While Twisted's buffer holds data and it has paused the lane (the
+        existing flow control), nothing needs looking at: Twisted resumes the
+        lane when the buffer is empty (:meth:`_writes_resumed` calls this).
+        What the kernel holds has no such signal, so it is polled, every
+        :data:`DRAIN_CHECK_INTERVAL` seconds, on Autobahn's batched timer.
+        """
+        self._drain_call = None
+        transport = self.transport
+        if not self._draining or self.state == self.STATE_CLOSED or transport is None:
+            return
+        buffered, in_kernel = unsent_bytes(transport)
+        if self.send_queue:
+            buffered += sum(len(item[0]) for item in self.send_queue)
+        if buffered or in_kernel:
+            if buffered and self._write_blocked and getattr(transport, "producerPaused", False):
+                return  # Twisted resumes the lane once its buffer is empty
+            self._drain_call = self.factory._batched_timer.call_later(
+                DRAIN_CHECK_INTERVAL, self._check_drained)
+            return
+        self._draining = False
+        if self.closeHandshakeTimeout > 0:
+            self.closeHandshakeTimeoutCall = self.factory._batched_timer.call_later(
+                self.closeHandshakeTimeout, self.onCloseHandshakeTimeout)
 
     def __repr__(self) -> str:
         return f"<FwsServerProtocol id={self.id} peer={self.peer!r}>"
@@ -458,6 +541,9 @@ class FwsServerProtocol(WebSocketServerProtocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self._lane.ok = False
+        if self._drain_call is not None:
+            self._drain_call.cancel()
+            self._drain_call = None
         self.factory.connections.discard(self)
         super().connectionLost(reason)
 
@@ -534,7 +620,7 @@ class FwsServerProtocol(WebSocketServerProtocol):
         self.factory.register(self)
         self._compact()
         if factory.closing is not None:  # the server is stopping: this one goes too
-            self.close(*factory.closing)
+            self.close(*factory.closing, drain=True)
 
     def _compact(self) -> None:
         """Drop what an open connection does not need from its instance dict (see _IDLE_DEFAULTS)."""
@@ -732,6 +818,45 @@ def can_write_directly(transport: Any) -> bool:
             and isinstance(getattr(transport, "_tempDataBuffer", None), list)
             and hasattr(transport, "_writeDisconnected") and hasattr(transport, "socket")
             and hasattr(transport, "disconnecting"))
+
+
+#: Linux's SIOCOUTQ (the same number as TIOCOUTQ): bytes of a socket's send
+#: queue its peer has not acknowledged yet.
+_SIOCOUTQ: int | None = getattr(termios, "TIOCOUTQ", None) if sys.platform.startswith("linux") \
+    else None
+
+
+def unsent_bytes(transport: Any) -> tuple[int, int]:
+    """
+    ``(buffered, in_kernel)``: what the transport still buffers for its peer,
+    and what the kernel holds that the peer has not acknowledged.
+
+    An abort (TCP reset) discards both. A TLS transport wraps the TCP one:
+    both are looked at. The kernel's part is known on Linux only (0 elsewhere,
+    and for sockets it cannot be asked about).
+    """
+    buffered = 0
+    for _ in range(3):
+        data = getattr(transport, "dataBuffer", None)
+        if isinstance(data, bytes):
+            buffered += (len(data) - getattr(transport, "offset", 0)
+                         + getattr(transport, "_tempDataLen", 0))
+        sock = getattr(transport, "socket", None)
+        if sock is not None:
+            return buffered, _kernel_unsent(sock)
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            break
+    return buffered, 0
+
+
+def _kernel_unsent(sock: Any) -> int:
+    if _SIOCOUTQ is None:
+        return 0
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0"))[0])
+    except (OSError, ValueError, TypeError):  # closed meanwhile, or not a socket it knows
+        return 0
 
 
 @implementer(IPushProducer)
