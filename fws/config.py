@@ -62,6 +62,43 @@ class Option:
         return self.env or "FWS_" + self.name.upper()
 
     @property
+    def names(self) -> tuple[str, ...]:
+        """
+        Every name of the option, underscored: the canonical one, then each long
+        spelling of :attr:`option_strings` (``-key``, ``--keyfile``,
+        ``--storage-object-module``) in ``-h`` order; one-letter flags (``-p``)
+        are not names.
+
+        Each name is also an ``FWS_<NAME>`` variable and a config-file key (with
+        dashes or underscores), so that every spelling ``-h`` shows works in the
+        environment and in a file as well as on the command line.
+        """
+        out = [self.name]
+        for string in self.option_strings:
+            name = string.lstrip("-").replace("-", "_")
+            if len(name) > 1 and name not in out:
+                out.append(name)
+        return tuple(out)
+
+    @property
+    def env_vars(self) -> tuple[str, ...]:
+        """The variables that set the option; the first one set (not empty) wins."""
+        out = [self.env_var]
+        for name in self.names:
+            var = "FWS_" + name.upper()
+            if var not in out:
+                out.append(var)
+        return tuple(out)
+
+    def from_env(self, environ: Mapping[str, str]) -> tuple[str, str] | None:
+        """``(variable, value)`` of the first of :attr:`env_vars` set to a non-empty value."""
+        for var in self.env_vars:
+            value = environ.get(var)
+            if value:
+                return var, value
+        return None
+
+    @property
     def option_strings(self) -> list[str]:
         dashed = "--" + self.name.replace("_", "-")
         under = "--" + self.name
@@ -146,7 +183,10 @@ CORE_OPTIONS: tuple[Option, ...] = (
     Option("idle_timeout", "close a connection that sent no message for this many seconds, "
            "with 4000 (0: never)", "float", 0.0, (), "SECONDS"),
     Option("allowed_origins", "browser origins allowed to connect (scheme://host[:port], * "
-           "wildcards); others get HTTP 403 (default: all)", "list", (), (), "ORIGIN"),
+           "wildcards, null for sandboxed and file:// pages); others get HTTP 403 (default: "
+           "all); requests without an Origin header are allowed", "list", (), (), "ORIGIN"),
+    Option("require_origin", "refuse with HTTP 403 requests without an Origin header (or with "
+           "an empty one), for servers that only browsers connect to", "flag", False),
     Option("filter_timeout", "seconds an asynchronous filter may take before it is failed "
            "(0: no limit)", "float", 0.0, (), "SECONDS"),
     # --- token groups and JWT (fws.filters.broadcast_messages_by_token, fws.filters.auth_jwt) ---
@@ -333,29 +373,32 @@ def _coerce(opt: Option, value: Any, source: str) -> Any:
     return value
 
 
+def _file_key(key: str) -> str:
+    """A config-file key as an option name: ``--log-level``, ``log-level`` -> ``log_level``."""
+    return key.lstrip("-").replace("-", "_")
+
+
 def _file_values(data: Mapping[str, Any], options: Sequence[Option], path: str) -> dict[str, Any]:
-    by_key = {}
-    for opt in options:
-        by_key[opt.name] = opt
-        by_key[opt.name.replace("_", "-")] = opt
-        for flag in opt.flags:
-            if flag.startswith("--"):
-                by_key[flag[2:]] = opt
-                by_key[flag[2:].replace("-", "_")] = opt
+    by_key = {name: opt for opt in options for name in opt.names}
     out: dict[str, Any] = {}
+    keys: dict[str, str] = {}  # option name -> the key that set it
     for key, value in data.items():
         if key == "flags":
             for flag in _split_list(value, f"flags in {path}"):
-                opt = by_key.get(flag.lstrip("-"))
+                opt = by_key.get(_file_key(flag))
                 if opt is None or opt.kind != "flag":
                     raise ConfigError(f"config file {path}: unknown flag {flag!r}")
                 out[opt.name] = True
             continue
-        opt = by_key.get(key.lstrip("-"))
+        opt = by_key.get(_file_key(key))
         if opt is None:
             raise ConfigError(f"config file {path}: unknown option {key!r}")
         if opt.name == "config":
             raise ConfigError(f"config file {path}: 'config' cannot be set inside a config file")
+        if opt.name in keys:
+            raise ConfigError(f"config file {path}: {keys[opt.name]!r} and {key!r} both set "
+                              f"{opt.name}")
+        keys[opt.name] = key
         out[opt.name] = _coerce(opt, value, f"in {path}")
     return out
 
@@ -379,12 +422,17 @@ def resolve(
     # environment, then in the config file.
     config_path = _prescan(argv, "config") or environ.get("FWS_CONFIG")
     file_data = read_config_file(config_path) if config_path else {}
+    # Every spelling of --storage counts here as it does below, so that whichever
+    # one is used also decides which module's options the parser knows.
+    [storage_opt] = [opt for opt in CORE_OPTIONS if opt.name == "storage"]
+    from_env = storage_opt.from_env(environ)
+    in_file = [value for key, value in file_data.items()
+               if _file_key(key) in storage_opt.names]
     storage_name = (
         _prescan(argv, "storage")
-        or environ.get("FWS_STORAGE")
+        or (from_env[1] if from_env else None)
         or environ.get(STORAGE_ENV)
-        or file_data.get("storage")
-        or file_data.get("storage-object-module")
+        or (in_file[0] if in_file else None)
         or DEFAULT_STORAGE
     )
     if not isinstance(storage_name, str):
@@ -406,9 +454,9 @@ def resolve(
     if config_path:
         values.update(_file_values(file_data, options, config_path))
     for opt in options:
-        raw = environ.get(opt.env_var)
-        if opt.name != "config" and raw:
-            values[opt.name] = _coerce(opt, raw, f"${opt.env_var}")
+        found = opt.from_env(environ)
+        if opt.name != "config" and found:
+            values[opt.name] = _coerce(opt, found[1], f"${found[0]}")
     for opt in options:
         if opt.name in given:
             values[opt.name] = _coerce(opt, given[opt.name], "command line")

@@ -51,6 +51,8 @@ class Limits:
     ping_timeout: float = 10.0
     idle_timeout: float = 0.0
     allowed_origins: tuple[str, ...] = ()
+    #: Refuse (403) requests that name no origin: no Origin header, or an empty one.
+    require_origin: bool = False
     filter_timeout: float = 0.0
     drain_period: float = 2.0
     max_groups_per_connection: int = 32
@@ -66,6 +68,9 @@ class Limits:
             "autoPingInterval": self.ping_interval,
             "autoPingTimeout": self.ping_timeout,
             "failByDrop": False,
+            # fws decides on Origin itself (fws.protocol._origin_refusal): Autobahn is
+            # told every Origin is "null" (fws.protocol._null_origin) and lets it pass.
+            "allowNullOrigin": True,
             "webStatus": False,  # a plain GET gets 426 Upgrade Required, not Autobahn's status page  # protocol errors get a close frame (1002, 1007 ...), then TCP close
         }
         if self.compression:
@@ -145,6 +150,7 @@ def limits_from_options(values: Mapping[str, Any]) -> Limits:
         ping_timeout=float(merged["ping_timeout"]),
         idle_timeout=float(merged["idle_timeout"]),
         allowed_origins=origins,
+        require_origin=bool(values.get("require_origin")),
         filter_timeout=float(merged["filter_timeout"]),
         drain_period=float(merged["drain_period"]),
         max_groups_per_connection=int(merged["max_groups_per_connection"]),
@@ -157,10 +163,14 @@ def origin_allowed(origin: str | None, allowed: Sequence[str]) -> bool:
     Whether a browser's ``Origin`` may connect.
 
     ``allowed`` holds ``scheme://host[:port]`` entries, where ``*`` matches any
-    run of characters (``https://*.example.com``) and a lone ``*`` allows all.
-    A request without an Origin header (not a browser) is allowed: Origin
-    protects browsers from cross-site use, and any other client can send any
-    Origin it likes.
+    run of characters (``https://*.example.com``) and a lone ``*`` allows all;
+    an empty ``allowed`` (no ``--allowed-origins``) allows every origin.
+    ``None`` (no Origin header: not a browser) is allowed: Origin protects
+    browsers from cross-site use, and any other client can send any Origin it
+    likes (``--require-origin`` refuses it, in the protocol). Every other value
+    is an origin like any other and must match an entry: ``null`` (sandboxed
+    iframes, ``file://`` pages) only matches an entry ``null``, and an empty
+    or malformed value matches none.
     """
     if not allowed or origin is None:
         return True

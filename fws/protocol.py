@@ -63,6 +63,39 @@ _DISCONNECT = object()
 
 _pformat = _autobahn_protocol.pformat
 _Utf8Validator = _autobahn_protocol.Utf8Validator
+_url_to_origin = _autobahn_protocol._url_to_origin
+
+
+def _null_origin(url: str) -> str:
+    """
+    Stands for Autobahn's ``_url_to_origin`` in ``processHandshake``: every Origin is "null".
+
+    Autobahn 26 judges the Origin header itself, before ``onConnect``: it fails
+    an empty or malformed one and ``null`` (sandboxed iframes, ``file://``
+    pages) with HTTP 400. fws decides on Origin alone (``_origin_refusal``,
+    with its 403 and its log line), so Autobahn sees "null", which the factory
+    lets through (``allowNullOrigin`` in ``Limits.protocol_options``); the
+    request still carries the header as the client sent it.
+    """
+    return "null"
+
+
+class _DebugOnly:
+    """
+    Autobahn's logger for the length of ``failHandshake``: every line at debug.
+
+    Autobahn logs a refused handshake twice ("failing WebSocket opening
+    handshake" at info, "dropping connection" at warn) where fws logs it once
+    with the peer, status and reason; at ``--log-level debug`` its lines remain.
+    """
+
+    __slots__ = ("_log",)
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+
+    def __getattr__(self, level: str) -> Any:
+        return self._log.debug
 
 
 def _no_validator() -> None:
@@ -502,6 +535,29 @@ class FwsServerProtocol(WebSocketServerProtocol):
         # one is made only when such a write comes (see sendData).
         self.send_queue = _NO_QUEUE  # type: ignore[assignment]
 
+    def processHandshake(self) -> None:
+        # See _null_origin; Autobahn's own function is back at once.
+        _autobahn_protocol._url_to_origin = _null_origin
+        try:
+            super().processHandshake()
+        finally:
+            _autobahn_protocol._url_to_origin = _url_to_origin
+
+    def failHandshake(self, reason: str, code: int = 400,
+                      responseHeaders: Any = None) -> None:
+        """
+        Refuse the handshake (fws's refusals and Autobahn's own 400s alike)
+        with one log line, fws's; Autobahn's two go to debug (see _DebugOnly).
+        """
+        if self.factory.log_connections:
+            self._log.info("refused connection {conn_id} from {peer}: {status} {reason}",
+                           conn_id=self.id, peer=self.client_ip, status=code, reason=reason)
+        self.log = _DebugOnly(self.log)
+        try:
+            super().failHandshake(reason, code, responseHeaders)
+        finally:
+            del self.log  # Autobahn's class-level logger again
+
     @property
     def utf8validator(self) -> Any:
         """
@@ -564,11 +620,8 @@ class FwsServerProtocol(WebSocketServerProtocol):
         return outcome
 
     def _refused(self, deny: ConnectionDeny) -> None:
+        # Counted here; logged in failHandshake, which Autobahn calls next.
         self.factory.stats.refused[deny.code] = self.factory.stats.refused.get(deny.code, 0) + 1
-        if self.factory.log_connections:
-            self._log.info("refused connection {conn_id} from {peer}: {status} {reason}",
-                           conn_id=self.id, peer=self.client_ip, status=deny.code,
-                           reason=deny.reason)
 
     def _refused_later(self, failure: Any) -> Any:
         if failure.check(ConnectionDeny):
@@ -580,9 +633,11 @@ class FwsServerProtocol(WebSocketServerProtocol):
         limits = self.factory.limits
         if limits.trusted_proxies:
             self.client_ip = _forwarded_client(self.client_ip, request, limits)
-        if limits.allowed_origins and not origin_allowed(request.origin, limits.allowed_origins):
-            self.factory.stats.hit("allowed_origins")
-            raise ConnectionDeny(403, "origin not allowed")
+        if limits.allowed_origins or limits.require_origin:
+            refusal = _origin_refusal(request, limits)
+            if refusal is not None:
+                self.factory.stats.hit(refusal[0])
+                raise ConnectionDeny(403, refusal[1])
         if limits.max_connections and len(self.factory.users) >= limits.max_connections:
             self.factory.stats.hit("max_connections")
             raise ConnectionDeny(503, "too many connections")
@@ -679,7 +734,10 @@ class FwsServerProtocol(WebSocketServerProtocol):
         shown = self.localCloseCode if self.closedByMe and self.localCloseCode else code
         if shown is None or not wasClean and not self.closedByMe:
             shown = 1006
-        reason = self.localCloseReason if self.closedByMe and self.localCloseCode else reason
+        if self.closedByMe and self.localCloseCode:
+            # Autobahn keeps the reason it sent as the UTF-8 bytes of the frame.
+            sent = self.localCloseReason
+            reason = sent.decode("utf-8", "replace") if isinstance(sent, bytes) else sent
         stats = factory.stats
         closed = stats.closed
         key = (shown, by)
@@ -687,10 +745,12 @@ class FwsServerProtocol(WebSocketServerProtocol):
         if shown == 1009 and by == "server":  # Autobahn closed it: over a size limit
             stats.hit("max_message_size")
         if factory.log_connections:
+            n = self.messages_in
             self._log.info("connection {conn_id} from {peer} closed by the {by}: {code}{reason}, "
-                           "after {messages_in} messages in", conn_id=self.id, peer=self.client_ip,
+                           "after {messages} in", conn_id=self.id, peer=self.client_ip,
                            by=by, code=shown, reason=f" {reason}" if reason else "",
-                           messages_in=self.messages_in, clean=wasClean)
+                           messages=f"{n} message" if n == 1 else f"{n} messages",
+                           messages_in=n, clean=wasClean)
         info = CloseInfo(code, reason, wasClean)
         if not self.factory.pipeline.disconnect:
             return
@@ -922,6 +982,25 @@ def _forwarded_client(peer: str, request: ConnectionRequest, limits: Any) -> str
         if not limits.is_trusted_proxy(hop):
             return hop
     return hops[0] if hops else peer
+
+
+def _origin_refusal(request: ConnectionRequest, limits: Any) -> tuple[str, str] | None:
+    """
+    ``(limit, reason)`` when the request's Origin is refused with 403, else ``None``.
+
+    A request without an Origin header (servers, bots, health checkers: not a
+    browser) passes unless ``--require-origin``, which also refuses an empty
+    Origin (browsers always send one that is not empty). Any header present,
+    ``null`` and empty included, is an origin that ``--allowed-origins`` must
+    list (see :func:`fws.limits.origin_allowed`).
+    """
+    key = "origin" if request.version >= 13 else "sec-websocket-origin"
+    origin = request.origin if key in request.headers else None
+    if limits.require_origin and not origin:
+        return "require_origin", "origin required"
+    if not origin_allowed(origin, limits.allowed_origins):
+        return "allowed_origins", "origin not allowed"
+    return None
 
 
 def _accept_or_fail(outcome: Any) -> None:

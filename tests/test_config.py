@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fws.config import DEFAULT_FILTERS, Config, ConfigError, resolve
+from fws.config import CORE_OPTIONS, DEFAULT_FILTERS, Config, ConfigError, Option, resolve
 
 
 def conf(argv: list[str], env: dict[str, str] | None = None) -> Config:
@@ -178,3 +178,121 @@ def test_twistd_options_share_the_parser(tmp_path: Path) -> None:
     assert config.filters == ("echo", "stdout_messages") and config.listen == ("tcp:9100",)
     assert [e.name for e in options["pipeline"].message] == [
         "fws.filters.echo.Echo", "fws.filters.stdout_messages.StdoutMessages"]
+
+
+# --- every spelling -h shows works in the environment and in a config file -----------------
+
+REDIS = "fws.storage_objects.redis"
+
+
+def test_storage_object_module_from_the_environment() -> None:
+    # --storage-object-module is the first spelling -h shows for --storage
+    config = conf([], env={"FWS_STORAGE_OBJECT_MODULE": REDIS, "FWS_REDIS_PORT": "7000"})
+    assert config.storage == REDIS and config.storage_options["redis_port"] == 7000
+
+
+@pytest.mark.parametrize("key", ["storage_object_module", "storage-object-module"])
+def test_storage_object_module_in_a_config_file(tmp_path: Path, key: str) -> None:
+    # The storage module's own options in the same file are known, too.
+    path = write(tmp_path, json.dumps({key: REDIS, "redis_port": 7000}))
+    config = conf(["-c", path])
+    assert config.storage == REDIS and config.storage_options["redis_port"] == 7000
+
+
+def all_options() -> list[Option]:
+    from fws.storage_objects.redis import OPTIONS as REDIS_OPTIONS
+
+    return [*CORE_OPTIONS, *REDIS_OPTIONS]
+
+
+def long_spellings(opt: Option) -> list[str]:
+    """What ``-h`` lists for the option, without one-letter flags (``-p``): ``key``, ``keyfile``."""
+    return [s.lstrip("-") for s in opt.option_strings if len(s.lstrip("-")) > 1]
+
+
+def sample(opt: Option, tmp_path: Path) -> tuple[Any, Any]:
+    """A value for the option that differs from its default, and what it resolves to."""
+    if opt.kind == "flag":
+        return True, True
+    if opt.kind == "int":
+        return 7, 7
+    if opt.kind == "float":
+        return 2.5, 2.5
+    if opt.kind == "list":
+        value = {"listen": "tcp:7", "admin": "tcp:8", "trusted_proxies": "10.0.0.0/8"}.get(
+            opt.name, "value-x")
+        return [value], (value,)
+    if opt.choices:
+        return opt.choices[-1], opt.choices[-1]
+    if opt.name in ("key", "cert"):
+        (tmp_path / "tls.pem").write_text("x")
+        return str(tmp_path / "tls.pem"), str(tmp_path / "tls.pem")
+    if opt.name == "static":
+        return str(tmp_path), str(tmp_path)
+    if opt.name == "storage":
+        return REDIS, REDIS
+    return "value-x", "value-x"
+
+
+SPELLINGS = [(opt.name, spelling) for opt in all_options() if opt.name != "config"
+             for spelling in long_spellings(opt)]
+
+
+def option(name: str) -> Option:
+    [opt] = [o for o in all_options() if o.name == name]
+    return opt
+
+
+@pytest.mark.parametrize(("name", "spelling"), SPELLINGS)
+def test_every_spelling_works_in_the_environment(tmp_path: Path, name: str,
+                                                 spelling: str) -> None:
+    opt = option(name)
+    value, expected = sample(opt, tmp_path)
+    raw = "1" if value is True else " ".join(value) if isinstance(value, list) else str(value)
+    env = {"FWS_" + spelling.replace("-", "_").upper(): raw}
+    if name != "storage":
+        env["FWS_STORAGE"] = REDIS  # so that the Redis options exist
+    assert conf([], env=env).options[name] == expected
+
+
+@pytest.mark.parametrize("dashes", [False, True], ids=["underscores", "dashes"])
+@pytest.mark.parametrize(("name", "spelling"), SPELLINGS)
+def test_every_spelling_works_in_a_config_file(tmp_path: Path, name: str, spelling: str,
+                                               dashes: bool) -> None:
+    opt = option(name)
+    value, expected = sample(opt, tmp_path)
+    key = spelling.replace("_", "-") if dashes else spelling.replace("-", "_")
+    data: dict[str, Any] = {key: value}
+    if name != "storage":
+        data["storage"] = REDIS
+    assert conf(["-c", write(tmp_path, json.dumps(data))]).options[name] == expected
+    if opt.kind == "flag":  # also listed under "flags"
+        data = {"flags": [key], "storage": REDIS}
+        assert conf(["-c", write(tmp_path, json.dumps(data))]).options[name] is True
+
+
+def test_no_two_options_share_a_spelling() -> None:
+    seen: dict[str, str] = {}
+    for opt in all_options():
+        for spelling in {s.replace("-", "_") for s in long_spellings(opt)}:
+            assert seen.setdefault(spelling, opt.name) == opt.name, spelling
+
+
+def test_two_keys_for_one_option_are_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, json.dumps({"storage": REDIS,
+                                       "storage_object_module": "fws.storage_objects.memory"}))
+    with pytest.raises(ConfigError, match="'storage' and 'storage_object_module' both set "
+                                          "storage"):
+        resolve(["-c", path], environ={})
+
+
+def test_unknown_config_key_is_one_line_and_exit_status_2(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.processes import BIN
+
+    path = write(tmp_path, '{"port": 1, "colour": "blue"}')
+    result = subprocess.run([str(BIN / "fws_server"), "-c", path], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == f"fws_server: error: config file {path}: unknown option 'colour'\n"

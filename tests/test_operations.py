@@ -370,10 +370,82 @@ def test_one_info_line_per_connection_open_and_close(processes: list[FwsProcess]
     closed = [line for line in proc.stderr if " closed by the client: 1000" in line]
     assert len(opened) == 1 and len(closed) == 1
     conn_id = re.search(r"connection (\S+) open", opened[0]).group(1)  # type: ignore[union-attr]
-    assert f"connection {conn_id} from 127.0.0.1 closed by the client: 1000, after 1 messages " \
+    assert f"connection {conn_id} from 127.0.0.1 closed by the client: 1000, after 1 message " \
         "in" in closed[0]
     assert not any("hello" in line for line in proc.stderr), "messages are never logged"
 
+
+
+def test_a_refused_handshake_is_one_line(processes: list[FwsProcess]) -> None:
+    """fws's line with the peer, status and reason; none of Autobahn's (it logged two more)."""
+    import struct
+
+    from tests.rawws import RawClient, frame
+
+    good, bad = "Origin: https://app.example.com\r\n", "Origin: https://evil.example.net\r\n"
+    proc = fws(processes, "-f", "echo", "--allowed-origins", "https://app.example.com",
+               "--max-connections", "1")
+    held = RawClient(proc.port, extra=good)
+    assert held.status == 101
+    proc.wait_for_line(" open from 127.0.0.1")
+    before = len(proc.stderr)
+    for extra, status in ((bad, 403), (good, 503)):
+        refused = RawClient(proc.port, extra=extra)
+        assert refused.status == status
+        assert refused.closed_by_server()
+        refused.close()
+    # The held connection's close line comes after every line about the refusals.
+    held.send(frame(struct.pack("!H", 1000), opcode=8))
+    assert held.close_code() == 1000
+    held.close()
+    proc.wait_for_line(" closed by the client: 1000")
+    new = [line for line in proc.stderr[before:] if " closed by the client: 1000" not in line]
+    assert len(new) == 2, new
+    assert re.search(r"refused connection \S+ from 127\.0\.0\.1: 403 origin not allowed$", new[0])
+    assert re.search(r"refused connection \S+ from 127\.0\.0\.1: 503 too many connections$",
+                     new[1])
+
+
+def test_close_reasons_are_logged_as_text(processes: list[FwsProcess]) -> None:
+    import signal
+    import struct
+
+    from tests.rawws import RawClient, frame
+
+    proc = fws(processes, "-f", "echo", "--drain-period", "0")
+    client = RawClient(proc.port)
+    assert client.status == 101
+    proc.wait_for_line(" open from 127.0.0.1")
+    proc.signal(signal.SIGTERM)
+    assert client.close_code() == 1001
+    client.send(frame(struct.pack("!H", 1001), opcode=8))
+    client.close()
+    proc.wait_for_line(" closed by the server: 1001")
+    assert proc.wait() == 0
+    [line] = [line for line in proc.stderr if " closed by the server: 1001" in line]
+    assert line.endswith(" closed by the server: 1001 server shutting down, after 0 messages in")
+
+
+def test_message_counts_are_singular_for_one(processes: list[FwsProcess]) -> None:
+    import struct
+
+    from tests.rawws import RawClient, frame
+
+    proc = fws(processes, "-f", "echo")
+    for n in (0, 1, 2):
+        client = RawClient(proc.port, f"/{n}")
+        assert client.status == 101
+        for _ in range(n):
+            client.send(frame(b"hi"))
+            assert client.read_frame() == (1, b"hi")
+        client.send(frame(struct.pack("!H", 1000), opcode=8))
+        assert client.close_code() == 1000
+        client.close()
+    proc.wait_for(lambda: sum(" closed by the client: 1000" in line for line in proc.stderr) == 3,
+                  "three close lines")
+    endings = sorted(line.rsplit(", ", 1)[1] for line in proc.stderr
+                     if " closed by the client: 1000" in line)
+    assert endings == ["after 0 messages in", "after 1 message in", "after 2 messages in"]
 
 def test_connection_lines_are_off_below_info(processes: list[FwsProcess]) -> None:
     proc = fws(processes, "-f", "echo", "--log-level", "warn", "--admin",

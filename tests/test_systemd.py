@@ -104,8 +104,7 @@ def test_serves_clients_on_the_inherited_socket(listener: socket.socket,
     proc.start()
     # It adopted the socket: the port is the inherited one (and is in use by the
     # test, so fws could not have bound it itself).
-    assert any(f"fws listening on 127.0.0.1:{proc.port} ({ENDPOINT})" in line
-               for line in proc.lines()), proc.lines()
+    proc.wait_for_line(f"fws listening on 127.0.0.1:{proc.port} ({ENDPOINT})", TIMEOUT)
     with connect(proc.url, open_timeout=TIMEOUT) as ws:
         ws.send("hello through fd 3")
         assert ws.recv(timeout=TIMEOUT) == "hello through fd 3"
@@ -139,7 +138,8 @@ def test_systemd_socket_activate_starts_it(front_end: str, processes: list[FwsPr
     with connect(proc.url, open_timeout=TIMEOUT) as ws:
         ws.send("activated")
         assert ws.recv(timeout=TIMEOUT) == "activated"
-    assert any(f"fws listening on 127.0.0.1:{port} ({ENDPOINT})" in line for line in proc.lines())
+    # fws logs this before it serves, but the line may still be on its way through the pipe.
+    proc.wait_for_line(f"fws listening on 127.0.0.1:{port} ({ENDPOINT})", TIMEOUT)
     proc.signal(signal.SIGTERM)
     assert proc.wait(TIMEOUT) == 0
 
@@ -268,7 +268,7 @@ def test_restart_with_the_socket_held_loses_no_connection_attempt(
     waited = [x for x in served_by(pid_b) if sigterm < x.started < b_listening]
     assert waited, "no attempt was made while no fws was accepting"
     assert "\n".join(a.lines()).count("fws listening on") == 1
-    assert any(f"fws listening on 127.0.0.1:{b.port} ({ENDPOINT})" in line for line in b.lines())
+    b.wait_for_line(f"fws listening on 127.0.0.1:{b.port} ({ENDPOINT})", TIMEOUT)
 
 
 def accept_queue(listener: socket.socket) -> int:
