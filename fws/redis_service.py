@@ -1,30 +1,45 @@
 """
 txredisapi made safe for a daemon: a command connection and a subscriber
-connection as one Twisted service.
+connection to one Redis, kept up by fws for as long as the service runs.
 
 txredisapi 1.6.0 on its own (see the project's research notes) does not
 re-subscribe after a reconnect, queues commands without bound while Redis is
 down, turns payloads such as ``b"007"`` into ``7`` by default, mis-pairs
-replies when one SUBSCRIBE names several channels, and backs off up to 10 s.
-This module fixes each of those:
+replies when one SUBSCRIBE names several channels, backs off up to 10 s, and
+stops reconnecting *for good* as soon as AUTH or SELECT fails on a new
+connection, which includes SELECT merely timing out against a Redis that is
+stalled (SIGSTOP, a long fork, a partition): a node was left deaf by a 15 s
+stall. So fws uses txredisapi for the protocol only (encoding, parsing,
+pairing replies) and owns each connection's lifecycle itself (:class:`_Link`):
 
-* both factories use ``charset=None, convertNumbers=False`` (bytes in, bytes out);
-* reconnect backoff starts at 0.1 s and is capped below a second;
+* a connection counts as up only once Redis has answered on it: the attempt
+  (TCP, TLS, AUTH, SELECT, a PING and, for the subscriber, every SUBSCRIBE)
+  has one deadline, ``connect_timeout``;
+* every failure (refused, timed out, a login error, a lost, silent or
+  half-open connection) closes the connection and tries again after 0.1 s,
+  doubling to at most 0.4 s, for as long as the service runs: never giving up
+  is the point, a login refused by mistake included (it is logged as an
+  error, once per outage);
+* a PING on each connection every ``ping_interval`` seconds, and a watchdog on
+  replies owed, detect a connection that died silently;
+* both connections use ``charset=None, convertNumbers=False`` (bytes in,
+  bytes out); the subscriber subscribes on every (re)connect, one channel per
+  command;
 * while the command connection is down, commands fail at once with
   :class:`RedisUnavailable` instead of queueing;
-* the subscriber subscribes on every (re)connect, one channel per command;
-* a PING on the subscriber every ``ping_interval`` seconds detects a silently
-  dead connection and reconnects;
-* outages, their end and what was lost are logged;
+* an outage is one log line when it starts and one when it ends, with its
+  length and what was lost;
 * PUBLISH, the command on every relayed broadcast, is written straight to the
   command connection (:meth:`RedisService.publish`): no per-command reply timer,
   one watchdog per connection instead.
 
-Everything runs on the reactor; nothing blocks.
+This is the only module that names txredisapi's internals. Everything runs on
+the reactor; nothing blocks.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -34,16 +49,22 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 
 log = Logger()
 
 MessageHandler = Callable[[bytes, bytes, "bytes | None"], None]
 _BINARY = (bytes, bytearray)
+
+
+#: What a command fails with when its connection to Redis is gone (or was never there).
+RedisConnectionError = txredisapi.ConnectionError
 
 
 class RedisUnavailable(txredisapi.ConnectionError):
@@ -121,42 +142,23 @@ def make_endpoint(reactor: Any, address: RedisAddress, timeout: float) -> IStrea
     return endpoint
 
 
-class _Backoff:
-    """Reconnect quickly: 0.1 s, doubling, capped so that jitter stays under a second."""
+#: Reconnect backoff: the first retry after this many seconds, doubling ...
+RETRY_INITIAL = 0.1
+#: ... up to this; with jitter taken off (never added), so that Redis is tried
+#: again at most 0.4 s after it starts answering.
+RETRY_MAX = 0.4
 
-    initialDelay = 0.1
-    factor = 2.0
-    maxDelay = 0.8
-    owner: RedisService
-    kind = ""
-
-    def retryDelay(self, attempt: int) -> float:
-        self.owner._attempt_failed(self.kind, attempt)
-        delay: float = txredisapi.RedisFactory.retryDelay(self, attempt)  # type: ignore[arg-type]
-        return delay
-
-
-class _FailFastHandler(txredisapi.ConnectionHandler):
-    """Commands fail at once while nothing is connected, instead of queueing forever."""
-
-    def __getattr__(self, method: str) -> Any:
-        wrapped = txredisapi.ConnectionHandler.__getattr__(self, method)
-        factory = self._factory
-
-        def call(*args: Any, **kwargs: Any) -> Deferred[Any]:
-            if factory.size == 0:
-                factory.owner._dropped += 1
-                factory.owner.failed_fast += 1
-                return fail(RedisUnavailable("Redis is not connected"))
-            result: Deferred[Any] = wrapped(*args, **kwargs)
-            return result
-
-        return call
+#: Commands that would take fws's one shared command connection for
+#: themselves, change its state for later commands, or end it.
+_REFUSED = frozenset({"auth", "select", "quit", "shutdown", "monitor", "multi", "exec",
+                      "discard", "watch", "unwatch", "pipeline", "blpop", "brpop", "brpoplpush",
+                      "subscribe", "psubscribe", "unsubscribe", "punsubscribe"})
 
 
 class _CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc,valid-type]
     """
-    txredisapi's command protocol plus a lean PUBLISH (:meth:`fast_publish`).
+    txredisapi's command protocol plus a lean PUBLISH (:meth:`fast_publish`)
+    and one watchdog for every reply owed.
 
     txredisapi spends on every command its encoding, a DeferredQueue get, three
     callbacks and a reply-timeout DelayedCall armed and cancelled again: with few
@@ -168,22 +170,21 @@ class _CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc,valid-typ
     command: ``None`` for a command txredisapi sent (its reply goes to
     txredisapi's reply queue as before), a Deferred for a fast PUBLISH.
 
-    Instead of a timer per command, one watchdog per connection: if replies are
-    owed and Redis answers nothing for ``replyTimeout`` seconds, the connection is
-    aborted (as txredisapi does on its own timeout) and the pool reconnects.
-    A silent Redis is noticed between one and two ``replyTimeout`` after it
+    Instead of a timer per command (txredisapi's ``replyTimeout`` is off), one
+    watchdog per connection: if replies are owed and Redis answers nothing for
+    ``reply_timeout`` seconds, the connection is dropped and made again. A
+    silent Redis is noticed between one and two ``reply_timeout`` after it
     stopped answering; a busy but answering one never is.
     """
 
-    factory: _CommandFactory
+    link: _Link
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._order: deque[Deferred[Any] | None] = deque()
-        self._owed = 0  # fast PUBLISHes not answered yet
         self._answers = 0  # replies received, of any command: the watchdog's sign of life
         self._watch_mark = 0
-        self._watchdog: Any = None
+        self._watchdog: IDelayedCall | None = None
         self._lost_with: Exception | None = None
 
     # --- the fast PUBLISH ----------------------------------------------------------------
@@ -204,8 +205,7 @@ class _CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc,valid-typ
                              % (len(channel), channel, len(data), data))
         result: Deferred[int] = Deferred()
         self._order.append(result)
-        self._owed += 1
-        if self._watchdog is None and self.replyTimeout:
+        if self._watchdog is None:
             self._watch()
         return result
 
@@ -215,10 +215,13 @@ class _CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc,valid-typ
         order = self._order
         order.append(None)  # its reply is txredisapi's
         try:
-            return super().execute_command(*args, **kwargs)
+            result = super().execute_command(*args, **kwargs)
         except BaseException:
             order.pop()  # nothing was written (it failed to encode)
             raise
+        if self._watchdog is None:
+            self._watch()
+        return result
 
     def replyReceived(self, reply: Any) -> None:
         self._answers += 1
@@ -226,7 +229,6 @@ class _CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc,valid-typ
         if order:
             waiting = order.popleft()
             if waiting is not None:
-                self._owed -= 1
                 # A caller's cancel() left it called: Twisted then ignores this.
                 if isinstance(reply, Exception):
                     waiting.errback(reply)
@@ -238,78 +240,283 @@ class _CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc,valid-typ
     # --- the watchdog --------------------------------------------------------------------
 
     def _watch(self) -> None:
-        self._watch_mark = self._answers
-        self._watchdog = self.factory.owner._reactor.callLater(self.replyTimeout, self._check)
+        timeout = self.link.service.reply_timeout
+        if timeout > 0:
+            self._watch_mark = self._answers
+            self._watchdog = self.link.reactor.callLater(timeout, self._check)
 
     def _check(self) -> None:
         self._watchdog = None
-        if not self._owed:
-            return  # the next PUBLISH arms it again
+        if not self._order:
+            return  # the next command arms it again
         if self._answers != self._watch_mark:
             self._watch()  # Redis answered in the meantime: still alive
             return
-        # Replies were owed for a whole replyTimeout and nothing came back.
-        log.warn("Redis did not answer within {timeout}s; reconnecting the command connection",
-                 timeout=self.replyTimeout)
-        self._lost_with = txredisapi.TimeoutError(
-            f"Not received Redis response in {self.replyTimeout} seconds")
-        self.transport.abortConnection()
+        # Replies were owed for a whole reply_timeout and nothing came back.
+        timeout = self.link.service.reply_timeout
+        self._lost_with = txredisapi.TimeoutError(f"Not received Redis response in {timeout} seconds")
+        self.link.drop(self, f"Redis did not answer within {timeout}s")
 
     def connectionLost(self, why: Any) -> None:
         order, self._order = self._order, deque()
-        self._owed = 0
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        # txredisapi fails its waiting commands through replyReceived: the FIFO is
-        # empty now, so those go to its queue.
-        super().connectionLost(why)
         reason = self._lost_with
+        if reason is not None:
+            # txredisapi would fail its waiting commands with "Lost connection".
+            while self.replyQueue.waiting:
+                self.replyQueue.put(reason)
+        # txredisapi fails its other waiting commands through replyReceived: the
+        # FIFO is empty now, so those go to its queue.
+        super().connectionLost(why)
+        self.link.service.lost_in_flight += len(order)
+        self.link.connection_lost(self, why)  # the outage is noticed before its commands fail
         for waiting in order:
             if waiting is not None:
                 waiting.errback(reason if reason is not None
                                 else txredisapi.ConnectionError("Lost connection"))
 
 
-class _CommandFactory(_Backoff, txredisapi.RedisFactory):
-    kind = "command"
-    protocol = _CommandProtocol
-
-    def addConnection(self, conn: Any) -> None:
-        super().addConnection(conn)
-        if conn in self.pool:
-            self.owner._commands_changed()
-
-    def delConnection(self, conn: Any) -> None:
-        super().delConnection(conn)
-        self.owner._commands_changed()
-
-
-class _SubscriberProtocol(txredisapi.SubscriberProtocol):
-    factory: _SubscriberFactory
-
-    def connectionMade(self) -> Any:
-        # Chain to the base: it logs in, selects, and marks the connection usable.
-        d = super().connectionMade()
-        self.whenConnected().addCallback(self.factory.owner._subscriber_connected)
-        return d
+class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc,valid-type]
+    link: _Link
 
     def connectionLost(self, why: Any) -> None:
         super().connectionLost(why)
-        self.factory.owner._subscriber_lost(self)
+        self.link.connection_lost(self, why)
 
     def messageReceived(self, pattern: bytes | None, channel: bytes, message: bytes) -> None:
-        self.factory.owner._on_message(channel, message, pattern)
+        self.link.service.deliver(channel, message, pattern)
 
 
-class _SubscriberFactory(_Backoff, txredisapi.RedisFactory):
-    kind = "subscriber"
-    protocol = _SubscriberProtocol
+_Protocol = _CommandProtocol | _SubscriberProtocol
+
+
+class _LinkFactory(Factory):
+    """Builds txredisapi protocols that leave the login to fws (no password, no db)."""
+
+    noisy = False
+
+    def __init__(self, link: _Link, protocol: type[_Protocol]) -> None:
+        self.link = link
+        self.protocol_class = protocol
+
+    def buildProtocol(self, addr: Any) -> _Protocol:
+        # With neither password nor dbid, txredisapi's connectionMade marks the
+        # connection usable at once: it never calls stopTrying() on a factory.
+        proto = self.protocol_class(charset=None, replyTimeout=None, password=None, dbid=None,
+                                    convertNumbers=False)
+        proto.factory = self
+        proto.link = self.link
+        return proto
 
 
 def _each(method: Callable[[list[bytes]], Deferred[Any]], names: Sequence[bytes]) -> Deferred[Any]:
     """One channel per (P)SUBSCRIBE: txredisapi pairs one reply with one command."""
     return gatherResults([method([name]) for name in names], consumeErrors=True)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
+
+
+def _reason(failure: Failure) -> str:
+    """One line for the log, from a connect or login failure."""
+    error = failure.value
+    if isinstance(error, txredisapi.ResponseError):
+        return f"Redis refused: {error}"
+    return failure.getErrorMessage() or type(error).__name__
+
+
+class _Link:
+    """
+    One connection to Redis that fws keeps up for as long as the service runs.
+
+    It is in one of four states: waiting to retry, connecting (``_connecting``,
+    the endpoint's Deferred), logging in (``_pending``, a connected protocol
+    not usable yet) or up (``proto``). Connecting and logging in share one
+    deadline (``connect_timeout``), so a Redis that accepts connections but
+    answers nothing (stalled, half-open) fails the attempt like a refusal does.
+    Every failure leads back to waiting, never to giving up.
+    """
+
+    def __init__(self, service: RedisService, kind: str, protocol: type[_Protocol],
+                 endpoint: IStreamClientEndpoint,
+                 prepare: Callable[[Any], Deferred[Any]] | None = None) -> None:
+        self.service = service
+        self.kind = kind
+        self.reactor = service._reactor
+        self._factory = _LinkFactory(self, protocol)
+        self._endpoint = endpoint
+        self._prepare = prepare
+        #: The usable connection, or None.
+        self.proto: Any = None
+        self._pending: Any = None
+        self._connecting: Deferred[Any] | None = None
+        self._timer: IDelayedCall | None = None  # the attempt's deadline, or the retry wait
+        self._drop_reason: str | None = None
+        self._failures = 0
+        self._running = False
+        self._stop_waiters: list[Deferred[None]] = []
+        #: Whether this link was ever up (for "back after" versus "ready").
+        self.ever_up = False
+
+    # --- the cycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._running = True
+        self._attempt()
+
+    def _attempt(self) -> None:
+        self._timer = self.reactor.callLater(self.service.connect_timeout, self._deadline)
+        self._drop_reason = None
+        connecting = self._connecting = self._endpoint.connect(self._factory)
+        connecting.addCallbacks(self._connected, self._connect_failed)
+
+    def _deadline(self) -> None:
+        self._timer = None
+        timeout = self.service.connect_timeout
+        if self._connecting is not None:
+            self._drop_reason = f"no connection within {timeout}s"
+            self._connecting.cancel()
+        elif self._pending is not None:
+            self.drop(self._pending, f"Redis did not answer within {timeout}s of connecting")
+
+    def _connected(self, proto: Any) -> None:
+        self._connecting = None
+        if not self._running:
+            proto.transport.loseConnection()
+            return
+        self._pending = proto
+        d = Deferred.fromCoroutine(self._login(proto))
+        d.addCallbacks(self._usable, self._login_failed, callbackArgs=(proto,),
+                       errbackArgs=(proto,))
+
+    async def _login(self, proto: Any) -> None:
+        """AUTH, SELECT, PING (and the subscriber's SUBSCRIBEs): Redis must answer them all."""
+        address = self.service.address
+        if address.password is not None:
+            args = ([address.username] if address.username else []) + [address.password]
+            await self._check_reply(proto.execute_command("AUTH", *args, apply_timeout=False))
+        if address.db and self.kind == "command":
+            await self._check_reply(proto.execute_command("SELECT", address.db, apply_timeout=False))
+        await self._check_reply(proto.execute_command("PING", apply_timeout=False))
+        if self._prepare is not None:
+            await self._prepare(proto)
+
+    @staticmethod
+    async def _check_reply(d: Deferred[Any]) -> None:
+        reply = await d
+        if isinstance(reply, Exception):
+            raise reply
+
+    def _usable(self, _: Any, proto: Any) -> None:
+        if proto is not self._pending or self._drop_reason is not None:
+            return  # lost or dropped meanwhile
+        self._cancel_timer()
+        self._pending = None
+        self.proto = proto
+        self._failures = 0
+        self.service._link_up(self)
+        self.ever_up = True
+
+    def _login_failed(self, failure: Failure, proto: Any) -> None:
+        if proto is self._pending:
+            self.drop(proto, self._drop_reason or _reason(failure))
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self._connecting = None
+        self._cancel_timer()
+        if not self._running:
+            self._maybe_stopped()
+            return
+        reason = self._drop_reason if failure.check(CancelledError) else None
+        self._failed(reason or _reason(failure))
+
+    def drop(self, proto: Any, reason: str) -> None:
+        """Close ``proto`` at once, saying why (the reason the outage is logged with)."""
+        if self._drop_reason is None:
+            self._drop_reason = reason
+        if proto.transport is not None:
+            proto.transport.abortConnection()
+
+    def connection_lost(self, proto: Any, why: Failure) -> None:
+        """Called by the protocol: usable or not, this connection is gone."""
+        reason = self._drop_reason or why.getErrorMessage()
+        if proto is self.proto:
+            self.proto = None
+            self.service._link_down(self, reason)
+            self._drop_reason = None
+            if self._running:
+                self._failures = 0
+                self._retry_later()
+        elif proto is self._pending:
+            self._pending = None
+            self._cancel_timer()
+            if self._running:
+                self._failed(reason)
+        self._maybe_stopped()
+
+    def _failed(self, reason: str) -> None:
+        self.service._attempt_failed(self, reason)
+        self._retry_later()
+
+    def _retry_later(self) -> None:
+        self._failures += 1
+        delay = min(RETRY_MAX, RETRY_INITIAL * 2 ** min(self._failures - 1, 16))
+        # Jitter keeps many nodes from reconnecting in lockstep; it only shortens the wait.
+        delay *= random.uniform(0.75, 1.0)
+        self._timer = self.reactor.callLater(delay, self._attempt)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    # --- health and stop -----------------------------------------------------------------
+
+    def ping(self) -> None:
+        """PING the usable connection; no answer within ``ping_timeout`` drops it."""
+        proto = self.proto
+        if proto is None:
+            return
+        timeout = self.service.ping_timeout
+        d = proto.ping()
+        d.addTimeout(timeout, self.reactor)
+        d.addErrback(self._ping_failed, proto, timeout)
+
+    def _ping_failed(self, failure: Failure, proto: Any, timeout: float) -> None:
+        if proto is self.proto:
+            self.drop(proto, f"Redis did not answer PING within {timeout}s")
+
+    def stop(self) -> Deferred[None]:
+        """Stop trying; close the connection; fire once it is closed."""
+        self._running = False
+        self._cancel_timer()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        alive = [p for p in (self.proto, self._pending) if p is not None]
+        if not alive and self._connecting is None:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._stop_waiters.append(waiter)
+        for proto in alive:
+            transport = proto.transport
+            if transport is not None:
+                transport.loseConnection()
+                # A stalled Redis reads nothing, and a close waits for the output to go.
+                abort = self.reactor.callLater(2.0, transport.abortConnection)
+                waiter.addBoth(lambda r, abort=abort: (abort.cancel() if abort.active() else None, r)[1])
+        return waiter
+
+    def _maybe_stopped(self) -> None:
+        if self._running or self.proto is not None or self._pending is not None \
+                or self._connecting is not None:
+            return
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
 
 class RedisService(Service):
@@ -322,6 +529,12 @@ class RedisService(Service):
     :param on_commands_up: Called whenever the command connection becomes
         usable (first connect and every reconnect): the place to restore state
         that a restarted Redis lost.
+    :param ping_interval: Seconds between PINGs on each connection (0: none).
+    :param ping_timeout: Seconds a PING may take before its connection is dropped.
+    :param reply_timeout: Seconds Redis may answer nothing while replies are
+        owed before the command connection is dropped (0: never).
+    :param connect_timeout: Seconds from a connection attempt to Redis's last
+        login answer (and every SUBSCRIBE).
     """
 
     name = "redis"
@@ -346,56 +559,65 @@ class RedisService(Service):
         self.patterns = tuple(patterns)
         self._on_message = on_message
         self._on_commands_up = on_commands_up
-        self._ping_interval = ping_interval
-        self._ping_timeout = ping_timeout
-        self._reply_timeout = reply_timeout
-        self._connect_timeout = connect_timeout
-        self._commands: _CommandFactory | None = None
-        self._subscriber_factory: _SubscriberFactory | None = None
-        self._subscriber: _SubscriberProtocol | None = None
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.reply_timeout = reply_timeout
+        self.connect_timeout = connect_timeout
+        self._command_link: _Link | None = None
+        self._subscriber_link: _Link | None = None
         self._ping: LoopingCall | None = None
-        self.commands_connected = False
-        self.subscribed = False
-        self._down_since: dict[str, float | None] = {"command": None, "subscriber": None}
-        self._ever_up = {"command": False, "subscriber": False}
+        self._outage_since: float | None = None
+        self._refusals: set[str] = set()
+        self._ever_ready = False
         self._dropped = 0
+        #: Commands whose connection was lost before their reply came (this outage).
+        self.lost_in_flight = 0
         #: Connections lost / back after an outage, per kind; commands failed fast (metrics).
         self.outages = {"command": 0, "subscriber": 0}
         self.reconnects = {"command": 0, "subscriber": 0}
         self.failed_fast = 0
 
     @property
+    def commands_connected(self) -> bool:
+        """Commands can be sent: Redis answered the command connection's login."""
+        return self._command_link is not None and self._command_link.proto is not None
+
+    @property
+    def subscribed(self) -> bool:
+        """Every channel and pattern is subscribed."""
+        return self._subscriber_link is not None and self._subscriber_link.proto is not None
+
+    @property
     def ready(self) -> bool:
         """Commands can be sent and every channel is subscribed."""
         return self.commands_connected and self.subscribed
 
-    @property
-    def commands(self) -> Any:
-        """The command handler: ``.smembers``, ``.sadd``, ``.publish`` ... (fail fast when down)."""
-        if self._commands is None:
-            raise RedisUnavailable("the Redis service is not running")
-        return self._commands.handler
-
     def execute(self, method: str, *args: Any) -> Deferred[Any]:
-        """Run one command, failing with :class:`RedisUnavailable` when not connected."""
-        if self._commands is None:
+        """
+        Run one command on the command connection; fail with
+        :class:`RedisUnavailable` at once when it is not up.
+
+        The command goes straight to the connection: txredisapi's handler would
+        take it from a pool through an @inlineCallbacks getConnection() and a
+        DeferredQueue, three quarters of what a PUBLISH cost fws
+        (benchmarks/profiles/fws-redis-fanout-100-64.*). Commands that would
+        hold the one shared connection for themselves or change its state for
+        the next command (MULTI, BLPOP, SELECT ...) are refused.
+        """
+        link = self._command_link
+        proto = link.proto if link is not None else None
+        if proto is None:
             self._dropped += 1
             self.failed_fast += 1
-            return fail(RedisUnavailable("the Redis service is not running"))
-        # The fast path: txredisapi's handler takes a connection from its pool through an
-        # @inlineCallbacks getConnection() and a DeferredQueue for every command: three
-        # quarters of what a PUBLISH cost fws (benchmarks/profiles/fws-redis-fanout-100-64.*).
-        # The pool holds one connection and its non-blocking commands all go to it (the
-        # handler's peek()), so fws calls the command on that connection itself; blocking
-        # commands (MULTI ...), a connection in use by one, or none at all take the handler.
-        pending = self._commands.connectionQueue.pending
-        if pending:
-            conn = pending[0]
-            command = getattr(type(conn), method, None)
-            if conn.connected and command is not None and not getattr(command, "_blocking", False):
-                result: Deferred[Any] = command(conn, *args)
-                return result
-        result = getattr(self._commands.handler, method)(*args)
+            return fail(RedisUnavailable("Redis is not connected"))
+        command = getattr(type(proto), method, None)
+        if command is None or method.lower() in _REFUSED or getattr(command, "_blocking", False):
+            return fail(ValueError(f"{method.upper()} is not available on fws's shared Redis "
+                                   "command connection"))
+        try:
+            result: Deferred[Any] = command(proto, *args)
+        except Exception as e:
+            return fail(e)
         return result
 
     def publish(self, channel: str | bytes, data: str | bytes) -> Deferred[int]:
@@ -409,160 +631,116 @@ class RedisService(Service):
         ``bytes``, ``bytearray`` and ``memoryview`` (data) as they are; anything
         else takes txredisapi's encoding (:meth:`execute`).
         """
-        commands = self._commands
-        if commands is not None and commands.connectionQueue.pending:
-            conn = commands.connectionQueue.pending[0]
-            if conn.can_publish:
-                try:
-                    if type(channel) is str:
-                        channel = channel.encode()
-                    if type(data) is str:
-                        data = data.encode()
-                    elif type(data) is memoryview:  # txredisapi would send its repr()
-                        data = data.tobytes()
-                except UnicodeEncodeError:
-                    pass  # txredisapi's error (InvalidData) below
-                else:
-                    if isinstance(channel, _BINARY) and isinstance(data, _BINARY):
-                        result: Deferred[int] = conn.fast_publish(channel, data)
-                        return result
+        link = self._command_link
+        conn = link.proto if link is not None else None
+        if conn is not None and conn.can_publish:
+            try:
+                if type(channel) is str:
+                    channel = channel.encode()
+                if type(data) is str:
+                    data = data.encode()
+                elif type(data) is memoryview:  # txredisapi would send its repr()
+                    data = data.tobytes()
+            except UnicodeEncodeError:
+                pass  # txredisapi's error (InvalidData) below
+            else:
+                if isinstance(channel, _BINARY) and isinstance(data, _BINARY):
+                    result: Deferred[int] = conn.fast_publish(channel, data)
+                    return result
         return self.execute("publish", channel, data)
+
+    def deliver(self, channel: bytes, data: bytes, pattern: bytes | None) -> None:
+        """A pub/sub message arrived on the subscriber connection."""
+        self._on_message(channel, data, pattern)
 
     # --- lifecycle -----------------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
-        address = self.address
-        endpoint = make_endpoint(self._reactor, address, self._connect_timeout)
-        commands = _CommandFactory(
-            address.describe(), address.db, 1, isLazy=True, handler=_FailFastHandler,
-            charset=None, password=address.password, replyTimeout=self._reply_timeout,
-            convertNumbers=False, username=address.username,
-        )
-        commands.owner = self
-        commands.deferred.addErrback(self._connect_error, "command")
-        subscriber = _SubscriberFactory(
-            address.describe(), None, 1, isLazy=True, charset=None,
-            password=address.password, convertNumbers=False, username=address.username,
-        )
-        subscriber.owner = self
-        subscriber.deferred.addErrback(self._connect_error, "subscriber")
-        self._commands, self._subscriber_factory = commands, subscriber
-        log.info("connecting to Redis at {address}", address=address.describe())
-        commands.startConnecting(endpoint)
-        subscriber.startConnecting(endpoint)
-        if self._ping_interval > 0:
-            self._ping = LoopingCall(self._send_ping)
+        endpoint = make_endpoint(self._reactor, self.address, self.connect_timeout)
+        self._command_link = _Link(self, "command", _CommandProtocol, endpoint)
+        self._subscriber_link = _Link(self, "subscriber", _SubscriberProtocol, endpoint,
+                                      prepare=self._subscribe)
+        log.info("connecting to Redis at {address}", address=self.address.describe())
+        self._command_link.start()
+        self._subscriber_link.start()
+        if self.ping_interval > 0:
+            self._ping = LoopingCall(self._send_pings)
             self._ping.clock = self._reactor
-            self._ping.start(self._ping_interval, now=False)
+            self._ping.start(self.ping_interval, now=False)
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         if self._ping is not None and self._ping.running:
             self._ping.stop()
-        factories = [f for f in (self._commands, self._subscriber_factory) if f is not None]
-        self.commands_connected = self.subscribed = False
-        return gatherResults([f.disconnect() for f in factories], consumeErrors=True).addCallback(
+        links = [link for link in (self._command_link, self._subscriber_link) if link is not None]
+        return gatherResults([link.stop() for link in links], consumeErrors=True).addCallback(
             lambda _: None)
 
-    # --- state tracking ------------------------------------------------------------------
+    def _subscribe(self, proto: _SubscriberProtocol) -> Deferred[Any]:
+        return gatherResults([_each(proto.subscribe, self.channels),
+                              _each(proto.psubscribe, self.patterns)], consumeErrors=True)
 
-    def _connect_error(self, failure: Any, kind: str) -> None:
-        # Authentication or SELECT failed: txredisapi stops trying. Nothing else will say so.
-        log.error("Redis {kind} connection refused: {reason}", kind=kind,
-                  reason=failure.getErrorMessage())
+    def _send_pings(self) -> None:
+        for link in (self._command_link, self._subscriber_link):
+            if link is not None:
+                link.ping()
 
-    def _attempt_failed(self, kind: str, attempt: int) -> None:
-        if attempt == 1 and self.running:
-            log.warn("cannot reach Redis at {address} ({kind} connection); retrying",
-                     address=self.address.describe(), kind=kind)
-        if self._down_since[kind] is None:
-            self._down_since[kind] = time.monotonic()
+    # --- state, and the log: one line when an outage starts, one when it ends ------------
 
-    def _went_down(self, kind: str, what_is_lost: str) -> None:
-        self._down_since[kind] = time.monotonic()
-        self.outages[kind] += 1
-        if self.running:
-            log.warn("lost the Redis {kind} connection to {address}: {lost}", kind=kind,
-                     address=self.address.describe(), lost=what_is_lost)
-
-    def _came_up(self, kind: str, detail: str) -> None:
-        since = self._down_since[kind]
-        self._down_since[kind] = None
-        if not self._ever_up[kind]:
-            self._ever_up[kind] = True
-            log.info("Redis {kind} connection ready ({address}){detail}", kind=kind,
-                     address=self.address.describe(), detail=detail)
-        else:
-            self.reconnects[kind] += 1
-            outage = time.monotonic() - since if since is not None else 0.0
-            log.info("Redis {kind} connection back after {outage:.1f}s{detail}", kind=kind,
-                     outage=outage, detail=detail)
-
-    def _commands_changed(self) -> None:
-        factory = self._commands
-        up = factory is not None and factory.size > 0
-        if up == self.commands_connected:
+    def _attempt_failed(self, link: _Link, reason: str) -> None:
+        """An attempt to (re)connect ``link`` failed; the link retries by itself."""
+        if not self.running:
             return
-        self.commands_connected = up
-        if not up:
-            self._went_down("command", "storage commands and relayed broadcasts fail until it "
-                            "is back")
+        if reason.startswith("Redis refused") and reason not in self._refusals:
+            # Not an outage of Redis but a configuration to fix (a password, an ACL):
+            # said at error level, once per outage and reason.
+            self._refusals.add(reason)
+            log.error("Redis at {address} refused the {kind} connection ({reason}); retrying",
+                      address=self.address.describe(), kind=link.kind, reason=reason)
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            log.warn("cannot reach Redis at {address} ({kind} connection: {reason}); serving "
+                     "WebSockets without it and retrying", address=self.address.describe(),
+                     kind=link.kind, reason=reason)
+
+    def _link_down(self, link: _Link, reason: str) -> None:
+        if not self.running:
             return
-        dropped, self._dropped = self._dropped, 0
-        self._came_up("command", f"; {dropped} commands failed while it was down" if dropped else "")
-        if self._on_commands_up is not None:
+        self.outages[link.kind] += 1
+        if self._outage_since is not None:
+            return
+        self._outage_since = time.monotonic()
+        log.warn("Redis at {address} unavailable ({kind} connection: {reason}); until it is "
+                 "back, storage commands and broadcasts to other nodes fail, and messages "
+                 "published meanwhile are lost", address=self.address.describe(),
+                 kind=link.kind, reason=reason)
+
+    def _link_up(self, link: _Link) -> None:
+        if link.ever_up:
+            self.reconnects[link.kind] += 1
+        if link is self._command_link and self._on_commands_up is not None:
             try:
                 self._on_commands_up()
             except Exception:
                 log.failure("restoring state after the Redis connection came back failed")
-
-    def _subscriber_connected(self, proto: _SubscriberProtocol) -> None:
-        if not self.running:
-            proto.transport.loseConnection()
+        if not self.ready:
             return
-        self._subscriber = proto
-        d = gatherResults([_each(proto.subscribe, self.channels),
-                           _each(proto.psubscribe, self.patterns)], consumeErrors=True)
-        d.addCallbacks(self._subscribed, self._subscribe_failed, callbackArgs=(proto,),
-                       errbackArgs=(proto,))
-
-    def _subscribed(self, _: Any, proto: _SubscriberProtocol) -> None:
-        if proto is not self._subscriber:
-            return
-        self.subscribed = True
-        names = b", ".join((*self.channels, *self.patterns)).decode("utf-8", "backslashreplace")
-        self._came_up("subscriber", f"; subscribed to {names}")
-
-    def _subscribe_failed(self, failure: Any, proto: _SubscriberProtocol) -> None:
-        log.error("subscribing on Redis failed ({reason}); reconnecting",
-                  reason=failure.getErrorMessage())
-        if proto.transport is not None:
-            proto.transport.abortConnection()
-
-    def _subscriber_lost(self, proto: _SubscriberProtocol) -> None:
-        if proto is not self._subscriber:
-            return
-        self._subscriber = None
-        was_subscribed, self.subscribed = self.subscribed, False
-        if was_subscribed:
-            self._went_down("subscriber", "messages published until it is back are lost")
-
-    def _send_ping(self) -> None:
-        proto = self._subscriber
-        if proto is None or not self.subscribed:
-            return
-        d = proto.ping()
-        d.addTimeout(self._ping_timeout, self._reactor)
-        d.addErrback(self._ping_failed, proto)
-
-    def _ping_failed(self, failure: Any, proto: _SubscriberProtocol) -> None:
-        if proto is not self._subscriber:
-            return
-        log.warn("Redis subscriber did not answer PING within {timeout}s; reconnecting",
-                 timeout=self._ping_timeout)
-        if proto.transport is not None:
-            proto.transport.abortConnection()
+        since, self._outage_since = self._outage_since, None
+        self._refusals.clear()
+        dropped, self._dropped = self._dropped, 0
+        in_flight, self.lost_in_flight = self.lost_in_flight, 0
+        lost = (f"; {_count(dropped, 'command')} failed while it was down, "
+                f"{_count(in_flight, 'command')} lost in flight" if dropped or in_flight else "")
+        if not self._ever_ready:
+            self._ever_ready = True
+            names = b", ".join((*self.channels, *self.patterns)).decode("utf-8", "backslashreplace")
+            waited = f" after {time.monotonic() - since:.1f}s" if since is not None else ""
+            log.info("Redis ready at {address}{waited}; subscribed to {names}",
+                     address=self.address.describe(), waited=waited, names=names)
+        elif since is not None:
+            log.info("Redis at {address} back after {outage:.1f}s{lost}",
+                     address=self.address.describe(), outage=time.monotonic() - since, lost=lost)
 
 
-__all__ = ["RedisAddress", "RedisService", "RedisUnavailable", "make_endpoint", "parse_redis_url"]
+__all__ = ["RedisAddress", "RedisConnectionError", "RedisService", "RedisUnavailable", "make_endpoint", "parse_redis_url"]

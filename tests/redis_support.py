@@ -92,3 +92,125 @@ class RedisProcess:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+
+class FaultyProxy:
+    """
+    A TCP proxy in front of a private Redis that can fail the way networks do,
+    in a thread of its own (so it works for in-process services and for fws
+    processes alike):
+
+    * :meth:`freeze` — every connection open now stops carrying bytes, both
+      ways, and is never closed (a half-open connection: a NAT or a firewall
+      forgot it, the peer rebooted); new connections work;
+    * :meth:`drop_replies` — from now on Redis's answers are thrown away, on
+      every connection, new ones included, while requests still reach Redis
+      (a reply that never comes);
+    * :meth:`heal` — new connections carry bytes both ways again (connections
+      that lost bytes stay broken, as they would).
+    """
+
+    def __init__(self, target_port: int) -> None:
+        import selectors
+        import threading
+
+        self.target_port = target_port
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(128)
+        self._listener.setblocking(False)
+        self.port: int = self._listener.getsockname()[1]
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ, None)
+        self._peer: dict[socket.socket, socket.socket] = {}
+        self._to_client: set[socket.socket] = set()  # sockets whose peer is the client
+        self._frozen: set[socket.socket] = set()
+        self._replies_dropped = False
+        self._lock = threading.Lock()
+        self._running = True
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def freeze(self) -> None:
+        with self._lock:
+            self._frozen.update(self._peer)
+
+    def drop_replies(self) -> None:
+        with self._lock:
+            self._replies_dropped = True
+
+    def heal(self) -> None:
+        with self._lock:
+            self._replies_dropped = False
+            # connections that dropped replies are out of step: freeze them for good
+            self._frozen.update(self._peer)
+
+    def close(self) -> None:
+        self._running = False
+        self._thread.join(5)
+        for sock in [*self._peer, self._listener]:
+            sock.close()
+        self._selector.close()
+
+    def _run(self) -> None:
+        while self._running:
+            for key, _ in self._selector.select(0.05):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock is self._listener:
+                    self._accept()
+                    continue
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    data = b""
+                with self._lock:
+                    peer = self._peer.get(sock)
+                    if peer is None:
+                        continue
+                    if not data:
+                        if sock in self._frozen or peer in self._frozen:
+                            self._selector.unregister(sock)  # the other side never hears of it
+                        else:
+                            self._close_pair(sock, peer)
+                        continue
+                    if sock in self._frozen:
+                        continue  # swallowed: nothing arrives, nothing is closed
+                    if self._replies_dropped and peer in self._to_client:
+                        continue
+                try:
+                    peer.sendall(data)
+                except OSError:
+                    with self._lock:
+                        self._close_pair(sock, peer)
+
+    def _accept(self) -> None:
+        import selectors
+
+        try:
+            client, _ = self._listener.accept()
+        except OSError:
+            return
+        try:
+            server = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
+        except OSError:
+            client.close()
+            return
+        with self._lock:
+            self._peer[client] = server
+            self._peer[server] = client
+            self._to_client.add(client)
+        for sock in (client, server):
+            sock.setblocking(True)
+            self._selector.register(sock, selectors.EVENT_READ, None)
+
+    def _close_pair(self, sock: socket.socket, peer: socket.socket) -> None:
+        for s in (sock, peer):
+            self._peer.pop(s, None)
+            self._to_client.discard(s)
+            try:
+                self._selector.unregister(s)
+            except (KeyError, ValueError):
+                pass
+            s.close()

@@ -37,7 +37,7 @@ def start_nodes(processes: list[FwsProcess], redis: RedisProcess) -> dict[str, i
                            "--drain-period", "0"], port=ports[node])
         processes.append(proc)
         proc.start()
-        proc.wait_for_line("Redis subscriber connection ready")
+        proc.wait_for_line("Redis ready at")
     return ports
 
 

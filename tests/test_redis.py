@@ -321,7 +321,7 @@ def test_subscriber_uses_hiredis_when_installed() -> None:
 async def test_ping_detects_a_silently_dead_subscriber(
     reactor: Any, redis: RedisProcess, logged_errors: list[dict[str, Any]]
 ) -> None:
-    from twisted.logger import globalLogPublisher
+    from twisted.logger import formatEvent, globalLogPublisher
 
     from fws.redis_service import RedisAddress, RedisService
 
@@ -329,8 +329,8 @@ async def test_ping_detects_a_silently_dead_subscriber(
     warnings: list[str] = []
 
     def observe(event: dict[str, Any]) -> None:
-        if "PING" in event.get("log_format", ""):
-            warnings.append(event["log_format"])
+        if "PING" in formatEvent(event):
+            warnings.append(formatEvent(event))
 
     service = RedisService(
         reactor, RedisAddress(host="127.0.0.1", port=redis.port), channels=[b"global"],
@@ -344,6 +344,7 @@ async def test_ping_detects_a_silently_dead_subscriber(
         redis.pause()  # the TCP connection stays up; only a PING can tell
         await wait_for(reactor, lambda: not service.subscribed, timeout=5, what="dead subscriber noticed")
         assert warnings and "did not answer PING" in warnings[0]
+        assert " unavailable (" in warnings[0] and len(warnings) == 1  # the outage: one line
         redis.resume()
         await wait_for(reactor, lambda: service.ready, timeout=5, what="resubscribed")
         redis.publish("global", "alive again")
@@ -360,8 +361,8 @@ async def test_commands_skip_the_pool_machinery(reactor: Any, redis: RedisProces
     PUBLISH (every relayed broadcast, every storage publish) goes straight to
     the one command connection, not through txredisapi's per-command
     @inlineCallbacks getConnection(): the regression guard of that fast path.
-    Blocking commands still take the pool, which hands them the connection
-    for themselves.
+    Commands that would hold that one shared connection (BLPOP, MULTI) are
+    refused with a clear error, and the connection carries on.
     """
     from tests.helpers import count_calls
 
@@ -376,10 +377,11 @@ async def test_commands_skip_the_pool_machinery(reactor: Any, redis: RedisProces
         assert await results[0] == 1  # this node's subscriber received it
         assert await client.recv() == (b"fast", False)
         await service.execute("rpush", "fws-test-list", b"item")
-        calls = count_calls(lambda: results.append(service.execute("blpop", ["fws-test-list"], 1)))
-        assert [name for name in calls if "getConnection" in name]
-        assert await results[1] == [b"fws-test-list", b"item"]
-        assert await service.execute("publish", "global", b"after") == 1  # the connection is back
+        for refused in (("blpop", ["fws-test-list"], 1), ("multi",), ("select", 1)):
+            with pytest.raises(ValueError, match="not available on fws's shared Redis"):
+                await service.execute(*refused)
+        assert await service.execute("lpop", "fws-test-list") == b"item"
+        assert await service.execute("publish", "global", b"after") == 1
         assert await client.recv() == (b"after", False)
     finally:
         await server.stop()
@@ -457,13 +459,13 @@ async def test_publish_times_out_when_redis_stops_answering(
 ) -> None:
     """One watchdog per connection replaces txredisapi's timer per command."""
     import txredisapi
-    from twisted.logger import globalLogPublisher
+    from twisted.logger import formatEvent, globalLogPublisher
 
     warnings: list[str] = []
 
     def observe(event: dict[str, Any]) -> None:
-        if "did not answer within" in event.get("log_format", ""):
-            warnings.append(event["log_format"])
+        if "did not answer within" in formatEvent(event):
+            warnings.append(formatEvent(event))
 
     service = await _started_service(reactor, redis, ping_interval=0, reply_timeout=0.3)
     globalLogPublisher.addObserver(observe)

@@ -114,7 +114,7 @@ def test_tutorial(tmp_path: Path, redis: RedisProcess, processes: list[FwsProces
         if argv[:2] == ["curl", "-s"] and argv[2].endswith("/readyz"):
             port = int(argv[2].split(":")[1].split("/")[0])
             for node in nodes:
-                node.wait_for_line("Redis subscriber connection ready")
+                node.wait_for_line("Redis ready at")
             body = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10).read()
             assert body == b'{"checks": {"listening": "ok", "storage": "ok"}, "status": "ready"}\n'
             # Same room, different nodes: the messages cross.

@@ -39,7 +39,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from fws.config import ConfigError, Option
-from fws.redis_service import RedisAddress, RedisService, RedisUnavailable, parse_redis_url
+from fws.redis_service import (
+    RedisAddress,
+    RedisConnectionError,
+    RedisService,
+    RedisUnavailable,
+    parse_redis_url,
+)
 
 log = Logger()
 
@@ -63,6 +69,13 @@ OPTIONS: tuple[Option, ...] = (
                   "str", None, "URL"),
     _redis_option("redis_node_ttl", "seconds after which the token-group members of a node "
                   "that died are removed", "float", 15.0, "SECONDS"),
+    _redis_option("redis_timeout", "seconds Redis may answer nothing while replies are owed "
+                  "before fws drops the connection and reconnects", "float", 5.0, "SECONDS"),
+    _redis_option("redis_connect_timeout", "seconds a connection attempt may take, login "
+                  "and subscriptions included", "float", 3.0, "SECONDS"),
+    _redis_option("redis_ping_interval", "seconds between PINGs that detect a silently dead "
+                  "connection (answered within a third of it, at most 2 s)", "float", 5.0,
+                  "SECONDS"),
 )
 
 GLOB = frozenset("*?[")
@@ -74,7 +87,7 @@ class RedisStorage(MultiService):
     name = "storage"
 
     def __init__(self, reactor: Any, address: RedisAddress, channels: Sequence[str], key: str,
-                 node_ttl: float = 15.0) -> None:
+                 node_ttl: float = 15.0, **timeouts: float) -> None:
         super().__init__()
         self._reactor = reactor
         self.key = key
@@ -87,6 +100,7 @@ class RedisStorage(MultiService):
             patterns=[c for c in user if GLOB & set(c.decode())],
             on_message=self._on_message,
             on_commands_up=self._restore,
+            **timeouts,
         )
         self.redis.setServiceParent(self)
         self._server: Any = None
@@ -153,6 +167,8 @@ class RedisStorage(MultiService):
 
     def _relay_failed(self, failure: Any) -> None:
         self._relay_failures += 1
+        if failure.check(RedisConnectionError):
+            return  # an outage: its two log lines say what was lost
         if self._relay_failures == 1 or self._relay_failures % 1000 == 0:
             log.warn("could not relay broadcasts to other nodes ({count} so far): {reason}",
                      count=self._relay_failures, reason=failure.getErrorMessage())
@@ -266,7 +282,19 @@ def make_storage_object(config: Any, reactor: Any) -> RedisStorage:
     ttl = 15.0 if ttl is None else float(ttl)
     if ttl < 1:
         raise ConfigError("redis_node_ttl must be at least 1 second")
-    return RedisStorage(reactor, address, channels, key, ttl)
+    timeouts = {}
+    for name, default, least in (("redis_timeout", 5.0, 0.1), ("redis_connect_timeout", 3.0, 0.1),
+                                 ("redis_ping_interval", 5.0, 0.1)):
+        value = options.get(name)
+        value = default if value is None else float(value)
+        if not value >= least:
+            raise ConfigError(f"{name} must be at least {least} seconds, not {value}")
+        timeouts[name] = value
+    ping = timeouts["redis_ping_interval"]
+    return RedisStorage(reactor, address, channels, key, ttl,
+                        reply_timeout=timeouts["redis_timeout"],
+                        connect_timeout=timeouts["redis_connect_timeout"],
+                        ping_interval=ping, ping_timeout=min(2.0, ping / 3))
 
 
 __all__ = ["OPTIONS", "RedisStorage", "RedisUnavailable", "make_storage_object"]
