@@ -41,7 +41,11 @@ def start(*args: str, env: dict[str, str] | None = None) -> FwsProcess:
     proc = FwsProcess([], env=env)
     proc.args = ["-p", str(proc.port), "-i", "127.0.0.1", "-f", "echo", "--drain-period", "0",
                  *args]
-    return proc.start()
+    try:
+        return proc.start()
+    except BaseException:
+        proc.stop()  # a server that never said it listens is not left running
+        raise
 
 
 def status_line(proc: FwsProcess, origin: str | None) -> str:
@@ -154,13 +158,17 @@ def test_require_origin_with_allowed_origins(required_and_allowed: FwsProcess,
     assert status_line(required_and_allowed, origin) == expected
 
 
-def test_require_origin_from_the_environment_and_the_config_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["environment", "config file"])
+def test_require_origin_from_the_environment_and_the_config_file(
+        tmp_path: Path, processes: list[FwsProcess], where: str) -> None:
     config = tmp_path / "fws.json"
     config.write_text(json.dumps({"flags": ["require-origin"]}))
-    for proc in (start(env={"FWS_REQUIRE_ORIGIN": "1"}), start("-c", str(config))):
-        try:
-            assert status_line(proc, MISSING) == REQUIRED
-            assert status_line(proc, RIGHT) == OPEN
-        finally:
-            proc.stop()
+    proc = FwsProcess([], env={"FWS_REQUIRE_ORIGIN": "1"} if where == "environment" else None)
+    processes.append(proc)  # stopped after the test, pass or fail
+    proc.args = ["-p", str(proc.port), "-i", "127.0.0.1", "-f", "echo"]
+    if where == "config file":
+        proc.args += ["-c", str(config)]
+    proc.start()
+    assert status_line(proc, MISSING) == REQUIRED
+    assert status_line(proc, RIGHT) == OPEN
 
