@@ -130,8 +130,9 @@ CORE_OPTIONS: tuple[Option, ...] = (
            "MODULE"),
     Option("log_level", "least severe log level shown", "str", "info", (), "LEVEL", LOG_LEVELS),
     Option("debug", "same as --log-level debug", "flag", False),
-    Option("stop_timeout", "seconds to wait, after the drain, for clients to close on SIGTERM "
-           "before dropping them", "float", 5.0, (), "SECONDS"),
+    Option("stop_timeout", "seconds, after the drain, that SIGTERM gives clients to receive "
+           "what was queued for them and close before the stragglers are aborted", "float", 5.0,
+           (), "SECONDS"),
     Option("drain_period", "seconds over which SIGTERM spreads the 1001 closes, so that clients "
            "do not all reconnect at once", "float", 2.0, (), "SECONDS"),
     # --- operations (fws.web, fws.metrics, fws.logs) ---

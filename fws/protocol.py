@@ -13,6 +13,8 @@ from __future__ import annotations
 import struct
 import sys
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -82,7 +84,7 @@ def _null_origin(url: str) -> str:
 
 class _DebugOnly:
     """
-    Autobahn's logger for the length of ``failHandshake``: every line at debug.
+    Autobahn's logger inside ``failHandshake`` and ``dropConnection``: every line at debug.
 
     Autobahn logs a refused handshake twice ("failing WebSocket opening
     handshake" at info, "dropping connection" at warn) where fws logs it once
@@ -96,6 +98,19 @@ class _DebugOnly:
 
     def __getattr__(self, level: str) -> Any:
         return self._log.debug
+
+
+@contextmanager
+def _autobahn_at_debug(protocol: Any) -> Iterator[None]:
+    """Autobahn's lines for this protocol at debug while inside (nested uses are one)."""
+    if "log" in protocol.__dict__:
+        yield  # already inside
+        return
+    protocol.log = _DebugOnly(protocol.log)
+    try:
+        yield
+    finally:
+        del protocol.log  # Autobahn's class-level logger again
 
 
 def _no_validator() -> None:
@@ -225,6 +240,8 @@ class FwsServerProtocol(WebSocketServerProtocol):
     #: are dropped (``--slow-consumer-action drop``).
     send_full = False
     _opened = False
+    #: What a filter's :class:`Refuse` said for the log only (``detail``).
+    _refusal_detail: str | None = None
     _groups_joined: set[str] | None = None
     _backlog: deque[Any] | None = None
     _paused = False
@@ -550,13 +567,12 @@ class FwsServerProtocol(WebSocketServerProtocol):
         with one log line, fws's; Autobahn's two go to debug (see _DebugOnly).
         """
         if self.factory.log_connections:
-            self._log.info("refused connection {conn_id} from {peer}: {status} {reason}",
-                           conn_id=self.id, peer=self.client_ip, status=code, reason=reason)
-        self.log = _DebugOnly(self.log)
-        try:
+            detail = self._refusal_detail
+            self._log.info("refused connection {conn_id} from {peer}: {status} {reason}{detail}",
+                           conn_id=self.id, peer=self.client_ip, status=code, reason=reason,
+                           detail=f" ({detail})" if detail else "")
+        with _autobahn_at_debug(self):
             super().failHandshake(reason, code, responseHeaders)
-        finally:
-            del self.log  # Autobahn's class-level logger again
 
     @property
     def utf8validator(self) -> Any:
@@ -604,9 +620,18 @@ class FwsServerProtocol(WebSocketServerProtocol):
         super().connectionLost(reason)
 
     def dropConnection(self, abort: bool = False) -> None:
-        """Autobahn closes the TCP connection (no close frame, so no sendData): not ``ok`` now."""
+        """
+        Autobahn closes the TCP connection (no close frame, so no sendData): not ``ok`` now.
+
+        For an open connection fws's close line (:meth:`onClose`) says why (a
+        close handshake or ping timeout), so Autobahn's warning goes to debug.
+        """
         self._lane.ok = False
-        super().dropConnection(abort)
+        if self._opened and self.factory.log_connections:
+            with _autobahn_at_debug(self):
+                super().dropConnection(abort)
+        else:
+            super().dropConnection(abort)
 
     def onConnect(self, request: ConnectionRequest) -> Any:
         self.request = request
@@ -654,10 +679,18 @@ class FwsServerProtocol(WebSocketServerProtocol):
                 chain, self, request, event="connect", conn_id=self.id, propagate=(Refuse,)
             )
         except Refuse as e:
+            self._refusal_detail = e.detail
             raise ConnectionDeny(e.status, e.reason or "") from None
         if outcome is not None and isinstance(outcome, Deferred):
-            return outcome.addCallbacks(_accept_or_fail, _deny)
+            return outcome.addCallbacks(_accept_or_fail, self._deny)
         return _accept_or_fail(outcome)
+
+    def _deny(self, failure: Any) -> None:
+        error = failure.value
+        if isinstance(error, Refuse):
+            self._refusal_detail = error.detail
+            raise ConnectionDeny(error.status, error.reason or "")
+        failure.raiseException()
 
     def onOpen(self) -> None:
         self._opened = True
@@ -746,11 +779,13 @@ class FwsServerProtocol(WebSocketServerProtocol):
             stats.hit("max_message_size")
         if factory.log_connections:
             n = self.messages_in
+            unclean = self.wasNotCleanReason if not wasClean else None
             self._log.info("connection {conn_id} from {peer} closed by the {by}: {code}{reason}, "
-                           "after {messages} in", conn_id=self.id, peer=self.client_ip,
+                           "after {messages} in{unclean}", conn_id=self.id, peer=self.client_ip,
                            by=by, code=shown, reason=f" {reason}" if reason else "",
                            messages=f"{n} message" if n == 1 else f"{n} messages",
-                           messages_in=n, clean=wasClean)
+                           messages_in=n, clean=wasClean,
+                           unclean=f" ({unclean})" if unclean else "")
         info = CloseInfo(code, reason, wasClean)
         if not self.factory.pipeline.disconnect:
             return
@@ -1009,8 +1044,3 @@ def _accept_or_fail(outcome: Any) -> None:
     return None
 
 
-def _deny(failure: Any) -> None:
-    error = failure.value
-    if isinstance(error, Refuse):
-        raise ConnectionDeny(error.status, error.reason or "")
-    failure.raiseException()

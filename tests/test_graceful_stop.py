@@ -119,6 +119,11 @@ def test_silent_client_is_cut_after_the_close_handshake_timeout(
     assert proc.wait(10) == 0
     waited = time.monotonic() - closed_at
     assert 1.0 < waited < 6.0, f"cut {waited:.1f} s after the close frame arrived"
+    # One event, one line: fws's close line says why, Autobahn's warning is not repeated.
+    lines = proc.lines()
+    assert not [line for line in lines if "dropping connection" in line], "\n".join(lines)
+    closes = [line for line in lines if "closed by the server" in line]
+    assert len(closes) == 1 and "closing handshake timeout" in closes[0], "\n".join(lines)
     client.close()
 
 

@@ -406,6 +406,28 @@ def test_a_refused_handshake_is_one_line(processes: list[FwsProcess]) -> None:
                      new[1])
 
 
+def test_a_refused_token_is_one_line_that_says_why(processes: list[FwsProcess]) -> None:
+    """auth_jwt logged its own line and fws another; now fws's one line carries the why."""
+    import time
+
+    import jwt
+
+    from tests.rawws import RawClient
+
+    proc = fws(processes, "-f", "auth_jwt", "echo", "--jwt-secret", "s3cret-s3cret-s3cret-s3cret-32b")
+    expired = jwt.encode({"sub": "u1", "exp": int(time.time()) - 3600},
+                         "s3cret-s3cret-s3cret-s3cret-32b", algorithm="HS256")
+    before = len(proc.stderr)
+    refused = RawClient(proc.port, extra=f"Authorization: Bearer {expired}\r\n")
+    assert refused.status == 401
+    refused.close()
+    proc.wait_for_line(": 401 invalid token")
+    lines = [line for line in proc.stderr[before:] if "refused" in line or "token" in line]
+    assert len(lines) == 1, lines
+    assert re.search(r"refused connection \S+ from 127\.0\.0\.1: 401 invalid token "
+                     r"\(Signature has expired\)$", lines[0]), lines[0]
+
+
 def test_close_reasons_are_logged_as_text(processes: list[FwsProcess]) -> None:
     import signal
     import struct

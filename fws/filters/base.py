@@ -59,14 +59,18 @@ class Refuse(Exception):
 
     :param status: HTTP status code, e.g. 401, 403, 404 or 429.
     :param reason: Short text sent as the HTTP reason phrase.
+    :param detail: More for the log's one line about the refusal, never sent
+        to the client (why a token was invalid, say).
     """
 
-    def __init__(self, status: int = 403, reason: str | None = None) -> None:
+    def __init__(self, status: int = 403, reason: str | None = None, *,
+                 detail: str | None = None) -> None:
         if not 400 <= int(status) <= 599:
             raise ValueError(f"Refuse status must be an HTTP error (4xx/5xx), not {status}")
         super().__init__(status, reason)
         self.status = int(status)
         self.reason = reason
+        self.detail = detail
 
 
 class WebSocketFilter:
