@@ -46,8 +46,12 @@ class FwsProcess:
         for stream, sink in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr)):
             threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
         if wait:
-            self.wait_for(lambda: any("fws listening on" in line for line in self.lines()),
-                          "the server to listen")
+            try:
+                self.wait_for(lambda: any("fws listening on" in line for line in self.lines()),
+                              "the server to listen")
+            except BaseException:
+                self.kill()  # never left running by a test that did not get to register it
+                raise
         return self
 
     @staticmethod
