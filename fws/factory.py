@@ -101,11 +101,13 @@ class FwsServerFactory(WebSocketServerFactory):
             self.protocol = FwsRawDataProtocol
         self._baked: type[FwsServerProtocol] | None = None
         self.setProtocolOptions(**self.limits.protocol_options())
-        # Optional hooks of a storage object that joins several nodes into one server
-        # (the Redis one): relaying broadcasts, and mirroring group membership.
-        self._relay = getattr(storage_object, "relay", None)
-        self._member_joined = getattr(storage_object, "member_joined", None)
-        self._member_left = getattr(storage_object, "member_left", None)
+        # The hooks of a storage object that joins several nodes into one server (the
+        # Redis one): relaying broadcasts, and mirroring group membership. None for
+        # one process, so that a broadcast pays for nothing it does not need.
+        shared = storage_object.shared
+        self._relay = storage_object.relay if shared else None
+        self._member_joined = storage_object.member_joined if shared else None
+        self._member_left = storage_object.member_left if shared else None
         storage_object.attach(self)
 
     def setProtocolOptions(self, **options: Any) -> None:

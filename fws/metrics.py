@@ -136,31 +136,7 @@ class FwsCollector(Collector):
         if self.service is not None:
             yield GaugeMetricFamily("fws_ready", "1 when /readyz says ready.",
                                     value=1 if self.service.readiness()[0] else 0)
-        redis = getattr(getattr(factory, "storage_object", None), "redis", None)
-        if redis is not None:
-            yield from redis_metrics(redis)
-
-
-def redis_metrics(redis: Any) -> Iterator[Metric]:
-    """The state of a :class:`fws.redis_service.RedisService`."""
-    up = GaugeMetricFamily("fws_redis_connected", "1 while the Redis connection is up.",
-                           labels=["connection"])
-    up.add_metric(["command"], 1 if redis.commands_connected else 0)
-    up.add_metric(["subscriber"], 1 if redis.subscribed else 0)
-    yield up
-    outages = CounterMetricFamily("fws_redis_outages", "Times a Redis connection was lost.",
-                                  labels=["connection"])
-    reconnects = CounterMetricFamily("fws_redis_reconnects",
-                                     "Times a Redis connection came back after an outage.",
-                                     labels=["connection"])
-    for kind in ("command", "subscriber"):
-        outages.add_metric([kind], redis.outages[kind])
-        reconnects.add_metric([kind], redis.reconnects[kind])
-    yield outages
-    yield reconnects
-    yield CounterMetricFamily("fws_redis_commands_failed_fast",
-                              "Storage commands failed at once because Redis was down.",
-                              value=redis.failed_fast)
+        yield from factory.storage_object.collect_metrics()
 
 
 class FwsMetrics:
@@ -195,4 +171,4 @@ class FwsMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-__all__ = ["FILTER_BUCKETS", "FwsCollector", "FwsMetrics", "Stats", "redis_metrics"]
+__all__ = ["FILTER_BUCKETS", "FwsCollector", "FwsMetrics", "Stats"]

@@ -25,6 +25,7 @@ from fws import framing
 from fws.config import Config, ConfigError, load_storage_module
 from fws.factory import FwsServerFactory
 from fws.pipeline import FilterPipeline, load_pipeline
+from fws.storage_objects import StorageObject, complete
 
 log = Logger()
 
@@ -144,7 +145,7 @@ class FwsService(MultiService):
     :ivar heartbeat: Measures reactor lag for ``/healthz`` (when served).
     """
 
-    def __init__(self, config: Config, factory: FwsServerFactory, storage: Any,
+    def __init__(self, config: Config, factory: FwsServerFactory, storage: StorageObject,
                  listener: ListeningService, *, metrics: Any = None,
                  heartbeat: Any = None) -> None:
         super().__init__()
@@ -168,16 +169,9 @@ class FwsService(MultiService):
         checks = {"listening": "ok" if self.listener.ports else "not listening"}
         if self.draining:
             checks["draining"] = "shutting down"
-        ready = getattr(self.storage, "ready", None)
-        if ready is not None:
-            redis = getattr(self.storage, "redis", None)
-            if ready:
-                checks["storage"] = "ok"
-            elif redis is not None:
-                checks["storage"] = ("not connected to Redis" if not redis.commands_connected
-                                     else "not subscribed on Redis")
-            else:
-                checks["storage"] = "not ready"
+        reason = self.storage.health()
+        if self.storage.shared or reason:  # a storage of this process alone is never down
+            checks["storage"] = reason or "ok"
         return all(v == "ok" for v in checks.values()), checks
 
     def startService(self) -> None:
@@ -264,7 +258,11 @@ def make_service(
 
         metrics = FwsMetrics()
         pipeline = pipeline.with_metrics(metrics)
-    storage = load_storage_module(config.storage).make_storage_object(config, reactor)
+    try:
+        storage = complete(load_storage_module(config.storage).make_storage_object(config, reactor),
+                           config.storage)
+    except TypeError as e:
+        raise ConfigError(str(e)) from None
     factory = FwsServerFactory(pipeline, storage, reactor=reactor, limits=config.limits,
                                options=config.options)
     factory.metrics = metrics

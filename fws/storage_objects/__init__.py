@@ -11,18 +11,24 @@ A storage module (named by ``--storage`` or ``$STORAGE_OBJECT_MODULE``) provides
   command line, config files and ``FWS_*`` variables then accept (this is how
   the Redis module adds ``--redis_host`` and friends to ``-h``).
 
-The factory calls ``storage_object.attach(server)``; the storage object then
-calls ``server.deliver_pubsub(channel, data, pattern)`` for every pub/sub
-message, which feeds the consumer chain.  A storage object that joins several
-processes into one server also has ``relay(group, exclude_id, is_binary,
-payload)`` (the factory calls it for every broadcast, and the other nodes get
-it through ``server.deliver_relayed``) and ``member_joined(group, id)`` /
-``member_left(group, id)``.
+:class:`StorageObject` is the whole contract: what filters call (``get``,
+``add``, ``remove``, ``publish``) and what the server, the service and the
+metrics call (``attach``, ``health``, ``shared`` with ``relay`` and the
+membership hooks, ``collect_metrics``). The factory calls
+``storage_object.attach(server)`` with a :class:`StorageServer`; the storage
+object then calls ``server.deliver_pubsub(channel, data, pattern)`` for every
+pub/sub message, which feeds the consumer chain. A storage object that joins
+several processes into one server (``shared``) gets every broadcast through
+``relay(group, exclude_id, is_binary, payload)`` and hands the other nodes'
+to ``server.deliver_relayed``. :class:`StorageBase` has the single-process
+defaults of everything but the filter-facing methods; :func:`complete` gives
+them to a storage object written for the five-method contract of earlier
+releases.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -30,11 +36,64 @@ from twisted.internet.defer import Deferred
 Consumer = Callable[[str, bytes, "str | None"], None]
 
 
-class StorageObject(Protocol):
-    """What filters may call on ``web_socket_instance.storage_object``."""
+class StorageServer(Protocol):
+    """What a storage object may call on the server it is attached to."""
 
-    def attach(self, server: Any) -> None:
+    #: This node's id: the prefix of its connection ids, unique across nodes.
+    node_id: str
+
+    @property
+    def groups(self) -> Mapping[str, set[str]]:
+        """Token group name -> ids of this node's members (to restore them in shared storage)."""
+
+    def deliver_pubsub(self, channel: str, data: bytes, pattern: str | None) -> None:
+        """A pub/sub message for the consumer chain."""
+
+    def deliver_relayed(self, group: str | None, exclude_id: str | None, is_binary: bool,
+                        payload: bytes) -> None:
+        """A broadcast another node relayed: deliver it to this node's users (or members)."""
+
+
+class StorageObject(Protocol):
+    """
+    The whole contract of a storage object.
+
+    Filters call ``get``, ``add``, ``remove`` and ``publish`` on
+    ``web_socket_instance.storage_object``; the rest is for fws itself.
+    """
+
+    #: Whether several processes share this storage as one server: only then
+    #: are ``relay``, ``member_joined`` and ``member_left`` called (a broadcast
+    #: pays for nothing it does not need).
+    shared: bool
+
+    def attach(self, server: StorageServer) -> None:
         """Deliver pub/sub messages (and relayed broadcasts) to ``server``."""
+
+    def health(self) -> str | None:
+        """``None`` when the storage serves its whole contract, else why not, in a few
+        words (what ``/readyz`` says, e.g. ``not connected to Redis``)."""
+
+    def relay(self, group: str | None, exclude_id: str | None, is_binary: bool,
+              payload: bytes) -> None:
+        """Hand a broadcast already delivered on this node to the other nodes."""
+
+    def member_joined(self, group: str, member_id: str) -> None:
+        """A connection of this node joined token group ``group``."""
+
+    def member_left(self, group: str, member_id: str) -> None:
+        """A connection of this node left token group ``group``."""
+
+    def collect_metrics(self) -> Iterable[Any]:
+        """Prometheus metric families about the storage itself (``/metrics``)."""
+
+    # It is a Twisted IService too: it joins the tree, and connects when started.
+
+    def setServiceParent(self, parent: Any) -> Any:
+        """Join the service tree."""
+
+    def stopService(self) -> Deferred[None] | None:
+        """Disconnect (the tree stops storage after the clients are closed)."""
 
     def get(self, key: str) -> Deferred[set[bytes]]:
         """Fire with the set stored under ``key`` (empty if none), as bytes."""
@@ -47,3 +106,53 @@ class StorageObject(Protocol):
 
     def publish(self, channel: str, data: str | bytes) -> Deferred[int]:
         """Publish ``data`` on ``channel``; fire with the number of receivers."""
+
+
+class StorageBase:
+    """The single-process defaults of :class:`StorageObject`'s server-side half."""
+
+    shared = False
+
+    def health(self) -> str | None:
+        return None
+
+    def relay(self, group: str | None, exclude_id: str | None, is_binary: bool,
+              payload: bytes) -> None:
+        pass
+
+    def member_joined(self, group: str, member_id: str) -> None:
+        pass
+
+    def member_left(self, group: str, member_id: str) -> None:
+        pass
+
+    def collect_metrics(self) -> Iterable[Any]:
+        return ()
+
+
+#: What every storage object must have itself (the filter-facing methods and attach).
+REQUIRED = ("attach", "get", "add", "remove", "publish")
+_DEFAULTS = ("shared", "health", "relay", "member_joined", "member_left", "collect_metrics")
+
+
+def complete(storage: Any, name: str) -> StorageObject:
+    """
+    Check ``storage`` (made by module ``name``) against the contract, and give
+    one written for the five methods of earlier releases the single-process
+    defaults of the rest, on the instance: the server, service and metrics
+    then call declared members only.
+
+    :raises TypeError: naming what is missing.
+    """
+    missing = [member for member in REQUIRED if not callable(getattr(storage, member, None))]
+    if missing:
+        raise TypeError(f"the storage object of {name} has no {', '.join(missing)}()")
+    for member in _DEFAULTS:
+        if not hasattr(storage, member):
+            default = getattr(StorageBase, member)
+            setattr(storage, member, default if member == "shared" else default.__get__(storage))
+    result: StorageObject = storage
+    return result
+
+
+__all__ = ["REQUIRED", "Consumer", "StorageBase", "StorageObject", "StorageServer", "complete"]

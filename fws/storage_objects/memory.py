@@ -17,10 +17,10 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from fws.storage_objects import Consumer
+from fws.storage_objects import Consumer, StorageBase
 
 
-class MemoryStorage(Service):
+class MemoryStorage(StorageBase, Service):
     """In-process :class:`fws.storage_objects.StorageObject`."""
 
     name = "storage"

@@ -30,8 +30,10 @@ sender.  While Redis is down, local delivery goes on and relays fail fast
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults
@@ -39,6 +41,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from fws.config import ConfigError, Option
+from fws.storage_objects import StorageBase, StorageServer
 from fws.redis_service import (
     RedisAddress,
     RedisConnectionError,
@@ -81,10 +84,11 @@ OPTIONS: tuple[Option, ...] = (
 GLOB = frozenset("*?[")
 
 
-class RedisStorage(MultiService):
+class RedisStorage(StorageBase, MultiService):
     """:class:`fws.storage_objects.StorageObject` on Redis, plus the node-to-node relay."""
 
     name = "storage"
+    shared = True
 
     def __init__(self, reactor: Any, address: RedisAddress, channels: Sequence[str], key: str,
                  node_ttl: float = 15.0, **timeouts: float) -> None:
@@ -103,7 +107,7 @@ class RedisStorage(MultiService):
             **timeouts,
         )
         self.redis.setServiceParent(self)
-        self._server: Any = None
+        self._server: StorageServer | None = None
         self.node_id = ""
         self._relay_failures = 0
         self._heartbeat = LoopingCall(self._beat)
@@ -111,7 +115,7 @@ class RedisStorage(MultiService):
 
     # --- wiring ------------------------------------------------------------------------
 
-    def attach(self, server: Any) -> None:
+    def attach(self, server: StorageServer) -> None:
         self._server = server
         self.node_id = server.node_id
 
@@ -138,6 +142,35 @@ class RedisStorage(MultiService):
     @property
     def ready(self) -> bool:
         return self.redis.ready
+
+    def health(self) -> str | None:
+        if not self.redis.commands_connected:
+            return "not connected to Redis"
+        if not self.redis.subscribed:
+            return "not subscribed on Redis"
+        return None
+
+    def collect_metrics(self) -> Iterator[Metric]:
+        """The state of both connections to Redis."""
+        redis = self.redis
+        up = GaugeMetricFamily("fws_redis_connected", "1 while the Redis connection is up.",
+                               labels=["connection"])
+        up.add_metric(["command"], 1 if redis.commands_connected else 0)
+        up.add_metric(["subscriber"], 1 if redis.subscribed else 0)
+        yield up
+        outages = CounterMetricFamily("fws_redis_outages", "Times a Redis connection was lost.",
+                                      labels=["connection"])
+        reconnects = CounterMetricFamily("fws_redis_reconnects",
+                                         "Times a Redis connection came back after an outage.",
+                                         labels=["connection"])
+        for kind in ("command", "subscriber"):
+            outages.add_metric([kind], redis.outages[kind])
+            reconnects.add_metric([kind], redis.reconnects[kind])
+        yield outages
+        yield reconnects
+        yield CounterMetricFamily("fws_redis_commands_failed_fast",
+                                  "Storage commands failed at once because Redis was down.",
+                                  value=redis.failed_fast)
 
     # --- the storage object API ----------------------------------------------------------
 
