@@ -49,11 +49,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
+from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.logger import Logger
 
@@ -151,8 +152,21 @@ RETRY_MAX = 0.4
 #: Commands that would take fws's one shared command connection for
 #: themselves, change its state for later commands, or end it.
 _REFUSED = frozenset({"auth", "select", "quit", "shutdown", "monitor", "multi", "exec",
-                      "discard", "watch", "unwatch", "pipeline", "blpop", "brpop", "brpoplpush",
+                      "discard", "commit", "watch", "unwatch", "pipeline", "blpop", "brpop",
+                      "brpoplpush",
                       "subscribe", "psubscribe", "unsubscribe", "punsubscribe"})
+#: What :meth:`RedisService.execute` runs: txredisapi's command methods (not its
+#: protocol machinery, such as ``execute_command``, which would run anything),
+#: less the refused ones.
+_COMMANDS = frozenset(
+    name for name, value in vars(txredisapi.BaseRedisProtocol).items()
+    if callable(value) and name.islower() and not name.startswith("_")
+    and not hasattr(LineReceiver, name) and "received" not in name.lower()
+    and name not in {"execute_command", "execute_pipeline", "handle_reply"}
+) - _REFUSED
+#: Stands in the command connection's reply FIFO for a PING of fws's own, so
+#: that it is not counted among the commands an outage lost.
+_OWN = object()
 
 
 class _CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc,valid-type]
@@ -181,7 +195,7 @@ class _CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc,valid-typ
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._order: deque[Deferred[Any] | None] = deque()
+        self._order: deque[Deferred[Any] | object | None] = deque()
         self._answers = 0  # replies received, of any command: the watchdog's sign of life
         self._watch_mark = 0
         self._watchdog: IDelayedCall | None = None
@@ -228,7 +242,7 @@ class _CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc,valid-typ
         order = self._order
         if order:
             waiting = order.popleft()
-            if waiting is not None:
+            if isinstance(waiting, Deferred):
                 # A caller's cancel() left it called: Twisted then ignores this.
                 if isinstance(reply, Exception):
                     waiting.errback(reply)
@@ -236,6 +250,14 @@ class _CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc,valid-typ
                     waiting.callback(reply)
                 return
         self.replyQueue.put(reply)
+
+    def own_command(self, *args: Any) -> Deferred[Any]:
+        """A command of fws's own (login, keepalive): not one an outage could lose."""
+        before = len(self._order)
+        result: Deferred[Any] = self.execute_command(*args, apply_timeout=False)
+        if len(self._order) > before:
+            self._order[-1] = _OWN
+        return result
 
     # --- the watchdog --------------------------------------------------------------------
 
@@ -270,16 +292,21 @@ class _CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc,valid-typ
         # txredisapi fails its other waiting commands through replyReceived: the
         # FIFO is empty now, so those go to its queue.
         super().connectionLost(why)
-        self.link.service.lost_in_flight += len(order)
+        self.link.service.lost_in_flight += sum(1 for waiting in order if waiting is not _OWN)
         self.link.connection_lost(self, why)  # the outage is noticed before its commands fail
         for waiting in order:
-            if waiting is not None:
+            if isinstance(waiting, Deferred):
                 waiting.errback(reason if reason is not None
                                 else txredisapi.ConnectionError("Lost connection"))
 
 
 class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc,valid-type]
     link: _Link
+
+    def own_command(self, *args: Any) -> Deferred[Any]:
+        """A command of fws's own (login, keepalive)."""
+        result: Deferred[Any] = self.execute_command(*args, apply_timeout=False)
+        return result
 
     def connectionLost(self, why: Any) -> None:
         super().connectionLost(why)
@@ -323,6 +350,9 @@ def _count(n: int, what: str) -> str:
 def _reason(failure: Failure) -> str:
     """One line for the log, from a connect or login failure."""
     error = failure.value
+    while isinstance(error, FirstError):  # a SUBSCRIBE of the gathered ones
+        failure = error.subFailure
+        error = failure.value
     if isinstance(error, txredisapi.ResponseError):
         return f"Redis refused: {error}"
     return failure.getErrorMessage() or type(error).__name__
@@ -397,10 +427,10 @@ class _Link:
         address = self.service.address
         if address.password is not None:
             args = ([address.username] if address.username else []) + [address.password]
-            await self._check_reply(proto.execute_command("AUTH", *args, apply_timeout=False))
+            await self._check_reply(proto.own_command("AUTH", *args))
         if address.db and self.kind == "command":
-            await self._check_reply(proto.execute_command("SELECT", address.db, apply_timeout=False))
-        await self._check_reply(proto.execute_command("PING", apply_timeout=False))
+            await self._check_reply(proto.own_command("SELECT", address.db))
+        await self._check_reply(proto.own_command("PING"))
         if self._prepare is not None:
             await self._prepare(proto)
 
@@ -411,8 +441,8 @@ class _Link:
             raise reply
 
     def _usable(self, _: Any, proto: Any) -> None:
-        if proto is not self._pending or self._drop_reason is not None:
-            return  # lost or dropped meanwhile
+        if proto is not self._pending or self._drop_reason is not None or not self._running:
+            return  # lost, dropped or stopped meanwhile
         self._cancel_timer()
         self._pending = None
         self.proto = proto
@@ -430,8 +460,9 @@ class _Link:
         if not self._running:
             self._maybe_stopped()
             return
-        reason = self._drop_reason if failure.check(CancelledError) else None
-        self._failed(reason or _reason(failure))
+        # Our deadline cancelled it (a ConnectingCancelledError, or CancelledError):
+        # its reason is the one to log.
+        self._failed(self._drop_reason or _reason(failure))
 
     def drop(self, proto: Any, reason: str) -> None:
         """Close ``proto`` at once, saying why (the reason the outage is logged with)."""
@@ -482,7 +513,7 @@ class _Link:
         if proto is None:
             return
         timeout = self.service.ping_timeout
-        d = proto.ping()
+        d = proto.own_command("PING")
         d.addTimeout(timeout, self.reactor)
         d.addErrback(self._ping_failed, proto, timeout)
 
@@ -610,10 +641,10 @@ class RedisService(Service):
             self._dropped += 1
             self.failed_fast += 1
             return fail(RedisUnavailable("Redis is not connected"))
-        command = getattr(type(proto), method, None)
-        if command is None or method.lower() in _REFUSED or getattr(command, "_blocking", False):
+        if method not in _COMMANDS:
             return fail(ValueError(f"{method.upper()} is not available on fws's shared Redis "
                                    "command connection"))
+        command = getattr(type(proto), method)
         try:
             result: Deferred[Any] = command(proto, *args)
         except Exception as e:

@@ -377,7 +377,9 @@ async def test_commands_skip_the_pool_machinery(reactor: Any, redis: RedisProces
         assert await results[0] == 1  # this node's subscriber received it
         assert await client.recv() == (b"fast", False)
         await service.execute("rpush", "fws-test-list", b"item")
-        for refused in (("blpop", ["fws-test-list"], 1), ("multi",), ("select", 1)):
+        for refused in (("blpop", ["fws-test-list"], 1), ("multi",), ("select", 1),
+                        ("execute_command", "SELECT", 3), ("connectionLost", None),
+                        ("_tx_started",), ("no_such_command",)):
             with pytest.raises(ValueError, match="not available on fws's shared Redis"):
                 await service.execute(*refused)
         assert await service.execute("lpop", "fws-test-list") == b"item"

@@ -126,6 +126,7 @@ async def test_a_stall_longer_than_every_timeout(
         starts, ends = outage_lines(redis_log)
         assert len(starts) == 1 and len(ends) == 2, redis_log  # ready at start, back after
         assert "back after 4." in ends[-1] or "back after 5." in ends[-1], ends
+        assert "lost in flight" not in ends[-1], ends  # fws's own PINGs are no one's commands
         assert not [line for line in redis_log if "Scheduling retry" in line]
     finally:
         redis.resume()
@@ -353,3 +354,68 @@ def test_two_nodes_survive_a_stall_longer_than_every_default_timeout(
         back = [line for line in proc.lines() if " back after " in line]
         assert len(outage) == 1 and len(back) == 1, proc.lines()
         assert "Scheduling retry" not in "\n".join(proc.lines())
+
+
+@pytest_twisted.ensureDeferred
+async def test_connecting_that_never_completes_fails_on_the_deadline(
+    reactor: Any, redis_log: list[str]
+) -> None:
+    """A listener whose accept queue is full drops SYNs: the attempt hangs in connect()."""
+    import socket
+
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(0)
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        try:
+            filler.connect(blackhole.getsockname())
+        except BlockingIOError:
+            pass
+        fillers.append(filler)
+    await sleep(reactor, 0.3)
+    service = make_service(reactor, blackhole.getsockname()[1])
+    service.startService()
+    try:
+        await sleep(reactor, 1.5)
+        assert not service.ready
+        starts, _ = outage_lines(redis_log)
+        assert len(starts) == 1 and "no connection within 0.5s" in starts[0], redis_log
+    finally:
+        await service.stopService()
+        for sock in (*fillers, blackhole):
+            sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_subscription_is_one_error_line_without_a_traceback(
+    reactor: Any, redis: RedisProcess, redis_log: list[str],
+    logged_errors: list[dict[str, Any]], report: Callable[[str], None]
+) -> None:
+    """An ACL that forbids a channel: said once, in words, and fixed without a restart."""
+    from fws.redis_service import RedisAddress, RedisService
+
+    assert redis.command("ACL", "SETUSER", "fws", "on", ">pw", "~*", "+@all", "resetchannels",
+                         "&global") == b"+OK"
+    service = RedisService(
+        reactor, RedisAddress(host="127.0.0.1", port=redis.port, username="fws", password="pw"),
+        channels=[b"global", b"forbidden"], on_message=lambda *_: None,
+        ping_interval=0.3, ping_timeout=0.2, reply_timeout=0.5, connect_timeout=0.5,
+    )
+    service.startService()
+    try:
+        await sleep(reactor, 1.5)
+        assert service.commands_connected and not service.subscribed
+        refusals = [line for line in redis_log if "refused the" in line]
+        assert len(refusals) == 1 and "NOPERM" in refusals[0], redis_log
+        assert not [line for line in redis_log if "Traceback" in line or "\n" in line], redis_log
+        assert len(logged_errors) == 1
+        logged_errors.clear()
+        assert redis.command("ACL", "SETUSER", "fws", "allchannels") == b"+OK"
+        back = await wait_for(reactor, lambda: service.ready, 5, "subscribed once allowed")
+        report(f"refused subscription: ready {back:.3f}s after the ACL allowed it")
+        assert back < BACK_WITHIN
+    finally:
+        await service.stopService()
