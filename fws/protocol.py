@@ -22,7 +22,7 @@ import autobahn.websocket.protocol as _autobahn_protocol
 from autobahn.twisted.websocket import ConnectionDeny, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet import tcp
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -361,9 +361,15 @@ class FwsServerProtocol(WebSocketServerProtocol):
         waiting in the transport (one ``send``, no poller registration), and
         through the transport otherwise (or for the part the socket did not take).
 
-        This is also where a lane becomes ``ok`` again (the flush then sends
-        for it without coming here): after a direct send that took everything,
-        on an open connection that nothing else can stand in the way of.
+        While Autobahn's ``send_queue`` holds anything (a "sync" or chopped
+        write, which it hands to the transport a piece per reactor turn), the
+        frames join that queue instead: written now, they would overtake it,
+        or land inside a chopped frame.
+
+        This is the one place where a lane becomes ``ok`` (the flush then
+        sends for it without coming here): after a direct send that took
+        everything, on an open connection that nothing else can stand in the
+        way of (see :class:`Lane`).
         """
         lane = self._lane
         out = lane.out
@@ -377,6 +383,11 @@ class FwsServerProtocol(WebSocketServerProtocol):
             return
         if self._write_blocked:
             self.account(len(data))
+        queue = self.send_queue
+        if queue:
+            lane.ok = False
+            queue.append((data, False))
+            return
         if self._direct and not transport.dataBuffer and not transport._tempDataBuffer \
                 and transport.connected and not transport._writeDisconnected:
             try:
@@ -386,7 +397,7 @@ class FwsServerProtocol(WebSocketServerProtocol):
             if sent == len(data):
                 if not lane.ok and self.state == self.STATE_OPEN and not self._write_blocked \
                         and not self.send_full and self._perMessageCompress is None \
-                        and not transport.disconnecting:
+                        and not transport.disconnecting and not self.triggered:
                     lane.sock = transport.socket
                     lane.ok = True
                 return
@@ -612,12 +623,38 @@ class FwsServerProtocol(WebSocketServerProtocol):
         self.transport.registerProducer(self._lane, True)
 
     def connectionLost(self, reason: Any = None) -> None:
-        self._lane.ok = False
+        lane = self._lane
+        lane.ok = False
         if self._drain_call is not None:
             self._drain_call.cancel()
             self._drain_call = None
         self.factory.connections.discard(self)
         super().connectionLost(reason)
+        # No reference cycle may outlive the connection: with thousands of
+        # connections closing, only the cycle collector would free them, and
+        # with the raised thresholds (fws.service.GC_THRESHOLDS) it rarely looks
+        # at old ones: RSS stayed up after they had all gone (issue 14).
+        lane.close()
+        closed = self.__dict__.get("_is_closed")
+        if closed is not None and closed.called:
+            del self.__dict__["_is_closed"]  # its result is this connection
+
+    @property
+    def is_closed(self) -> Deferred[Any]:
+        """
+        Autobahn's "closed" Deferred (it fires with this connection).
+
+        Held until the connection is lost and made anew (already fired) when
+        asked for afterwards: held, it would make a cycle with its result.
+        """
+        closed = self.__dict__.get("_is_closed")
+        if closed is None:
+            return succeed(self)
+        return closed  # type: ignore[no-any-return]
+
+    @is_closed.setter
+    def is_closed(self, closed: Deferred[Any]) -> None:
+        self.__dict__["_is_closed"] = closed
 
     def dropConnection(self, abort: bool = False) -> None:
         """
@@ -976,7 +1013,14 @@ class Lane:
     (``sendData``, the transport fallback in ``write_out``, ``pauseProducing``,
     the send-buffer limit, ``dropConnection``, ``connectionLost``, leaving the
     users); only :meth:`FwsServerProtocol.write_out`, having checked them all,
-    sets it again.
+    sets it again. Nor does it hold while Autobahn's ``send_queue`` (its
+    "sync" and chopped writes) holds anything: frames queued meanwhile wait
+    behind what it holds (``write_out`` puts them in that queue), so the wire
+    order is the order of the calls.
+
+    A lost connection's lane lets go of it (:meth:`close`), so that the two
+    make no reference cycle: the lane may still be held (by a broadcast's
+    recipients, the transport), and then sees a connection that is closed.
     """
 
     __slots__ = ("conn", "sock", "out", "ok")
@@ -999,6 +1043,34 @@ class Lane:
     def stopProducing(self) -> None:
         self.ok = False
         self.conn._write_blocked = True
+
+    def close(self) -> None:
+        """The connection is lost: nothing more is written, and the lane forgets it."""
+        self.ok = False
+        self.out = None
+        self.sock = None
+        self.conn = _GONE  # type: ignore[assignment]
+
+
+class _Gone:
+    """
+    What a lost connection's :class:`Lane` points to instead of it: closed,
+    so the broadcast loop and the flush skip it as they skip any closed one.
+    """
+
+    state = WebSocketServerProtocol.STATE_CLOSED
+    send_full = False
+    _perMessageCompress = None
+    _write_blocked = True
+
+    def write_out(self) -> None:
+        return None
+
+    def _writes_resumed(self) -> None:
+        return None
+
+
+_GONE = _Gone()
 
 
 def _forwarded_client(peer: str, request: ConnectionRequest, limits: Any) -> str:

@@ -130,15 +130,54 @@ def _address(port: IListeningPort) -> str:
     return str(getattr(host, "name", host))
 
 
+class _Drain(Service):
+    """
+    Closes every client (1001) when stopped, and waits for them (up to
+    ``config.stop_timeout``): a child of :class:`FwsService` between the
+    WebSocket listener and storage, so that is where the drain comes.
+    """
+
+    name = "drain"
+
+    def __init__(self, root: FwsService) -> None:
+        self.root = root
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        config = self.root.config
+        return self.root.factory.close_all(timeout=config.stop_timeout,
+                                           drain_period=config.limits.drain_period)
+
+
+class _HeartbeatService(Service):
+    """Runs the reactor-lag :class:`fws.web.Heartbeat` while the tree runs."""
+
+    name = "heartbeat"
+
+    def __init__(self, heartbeat: Any) -> None:
+        self.heartbeat = heartbeat
+
+    def startService(self) -> None:
+        super().startService()
+        self.heartbeat.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.heartbeat.stop()
+
+
 class FwsService(MultiService):
     """
     The root of the tree: storage, the WebSocket listener, and the admin listener.
 
-    ``stopService`` runs in a fixed order, not MultiService's all-at-once:
-    ``/readyz`` turns 503 (draining), stop accepting, close every client with
-    1001 and wait (up to ``config.stop_timeout``), stop storage, so nothing a
-    filter does during the close handshakes finds storage gone, and close the
-    admin endpoint last, so that health checks see the drain.
+    Its children start in order and stop in reverse order, as MultiService's
+    do, but one after the other (each waits for the one before): a child
+    added to the tree is stopped first, then, ``/readyz`` having turned 503
+    (draining), the listener stops accepting, every client is closed with 1001
+    and waited for (``_Drain``), storage stops, so nothing a filter does
+    during the close handshakes finds storage gone, and the admin endpoint
+    closes last (it is the first child, see :meth:`add_admin`), so that health
+    checks see the drain.
 
     :ivar metrics: The Prometheus registry (:class:`fws.metrics.FwsMetrics`)
         when metrics are served, else ``None``.
@@ -158,8 +197,27 @@ class FwsService(MultiService):
         self.metrics = metrics
         self.heartbeat = heartbeat
         self.draining = False
+        if heartbeat is not None:
+            _HeartbeatService(heartbeat).setServiceParent(self)
         storage.setServiceParent(self)
+        _Drain(self).setServiceParent(self)
         listener.setServiceParent(self)
+
+    def add_admin(self, admin: ListeningService) -> None:
+        """Add the admin endpoint's listener as the first child: up first, closed last."""
+        self.admin = admin
+        admin.setServiceParent(self)
+        self.services.remove(admin)
+        self.services.insert(0, admin)
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except ListenError:
+            for child in self:  # what listened already closes: a failed start leaves nothing
+                if isinstance(child, ListeningService):
+                    child._close_ports()
+            raise
 
     def readiness(self) -> tuple[bool, dict[str, str]]:
         """
@@ -176,20 +234,15 @@ class FwsService(MultiService):
 
     def startService(self) -> None:
         super().startService()
-        if self.heartbeat is not None:
-            self.heartbeat.start()
         _hold_gc_thresholds(self)
 
     async def _stop(self) -> None:
         self.draining = True
-        await self.listener.stopService()
-        await self.factory.close_all(timeout=self.config.stop_timeout,
-                                     drain_period=self.config.limits.drain_period)
-        await maybeDeferred(self.storage.stopService)
-        if self.heartbeat is not None:
-            self.heartbeat.stop()
-        if self.admin is not None:
-            await self.admin.stopService()
+        for child in reversed(list(self)):
+            try:
+                await maybeDeferred(child.stopService)
+            except Exception:
+                log.failure("stopping {service!r} failed", service=child)
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
@@ -285,9 +338,9 @@ def make_service(
     if admin_endpoints:
         from fws.web import admin_site
 
-        service.admin = ListeningService(admin_endpoints, admin_site(service, metrics),
-                                         name="admin", what="fws admin (/healthz /readyz /metrics)")
-        service.admin.setServiceParent(service)
+        service.add_admin(ListeningService(admin_endpoints, admin_site(service, metrics),
+                                           name="admin",
+                                           what="fws admin (/healthz /readyz /metrics)"))
     if metrics is not None:
         metrics.watch(factory, service)
     return service
