@@ -11,7 +11,6 @@ long after the connections had gone.
 from __future__ import annotations
 
 import gc
-import socket
 import time
 import weakref
 from typing import Any
@@ -59,7 +58,7 @@ async def test_closed_connections_are_freed_without_the_cycle_collector(reactor:
         assert not factory.connections
         alive = [type(ref()).__name__ for ref in refs if ref() is not None]
         assert alive == [], "held by a reference cycle (or leaked): " + ", ".join(alive)
-        assert _lanes() == lanes_before
+        assert _lanes() <= lanes_before  # (another test's may have gone meanwhile)
     finally:
         gc.enable()
         await server.stop()

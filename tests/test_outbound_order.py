@@ -27,7 +27,13 @@ import pytest_twisted
 import txaio
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from fws.framing import encode_frame
 from tests.helpers import Server
@@ -90,13 +96,20 @@ class Wire:
     """
 
     def __init__(self, compressed: bool) -> None:
-        from twisted.internet import tcp
-
         from fws.reactor import _reactor_class
 
         self.reactor = _reactor_class()()
         self._txaio_loop = txaio.config.loop
         txaio.config.loop = self.reactor  # Autobahn's send_queue turns this reactor too
+        try:
+            self._open(compressed)
+        except BaseException:
+            txaio.config.loop = self._txaio_loop
+            raise
+
+    def _open(self, compressed: bool) -> None:
+        from twisted.internet import tcp
+
         argv = ["-f", "echo", "--log-level", "warn", "--max-send-buffer", str(64 << 20)]
         self.server = Server.from_argv(self.reactor, *(argv + ["--compression"] * compressed))
         self.factory = self.server.factory
@@ -192,7 +205,7 @@ class Wire:
             txaio.config.loop = self._txaio_loop
 
 
-@settings(max_examples=150, stateful_step_count=30, deadline=None,
+@settings(max_examples=200, stateful_step_count=40, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 class OutboundOrder(RuleBasedStateMachine):
     """
@@ -336,7 +349,10 @@ async def test_sync_and_chopped_writes_do_not_let_later_frames_overtake(
     sent a, b (sync), c: received a, b, c; a chopped frame is not cut into
     by the frames sent after it (the client would fail the connection).
     """
-    from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateResponseAccept
+    from autobahn.websocket.compress import (
+        PerMessageDeflateOffer,
+        PerMessageDeflateResponseAccept,
+    )
 
     argv = ["-f", "echo", "--compression"] if compression else ["-f", "echo"]
     server = Server.from_argv(reactor, *argv).start()
