@@ -170,6 +170,10 @@ CORE_OPTIONS: tuple[Option, ...] = (
            "message", "str", "close", (), "ACTION", ("close", "drop")),
     Option("open_handshake_timeout", "seconds a client has to complete the opening handshake",
            "float", 10.0, (), "SECONDS"),
+    Option("max_handshake_size", "largest opening handshake request in bytes (request line and "
+           "headers); a larger one is refused with HTTP 431", "int", 16384, (), "BYTES"),
+    Option("max_handshake_headers", "most headers an opening handshake request may have; more "
+           "are refused with HTTP 431", "int", 100, (), "N"),
     Option("compression", "accept permessage-deflate (decompressed size is limited by "
            "--max-message-size)", "flag", False),
     Option("max_send_buffer", "bytes that may wait for a client that does not read", "int",

@@ -44,6 +44,11 @@ class Limits:
     message_burst: int = 2000
     rate_limit_action: str = "close"
     open_handshake_timeout: float = 10.0
+    #: Bytes an opening handshake request may hold up to and including the empty
+    #: line that ends its headers, and how many headers it may have: without
+    #: them, a client sending headers that never end is buffered until the timeout.
+    max_handshake_size: int = 16384
+    max_handshake_headers: int = 100
     compression: bool = False
     max_send_buffer: int = 4 * MiB
     slow_consumer_action: str = "close"
@@ -112,7 +117,7 @@ def limits_from_options(values: Mapping[str, Any]) -> Limits:
         "max_message_size", "max_frame_size", "max_connections", "max_connections_per_ip",
         "max_message_rate", "message_burst", "open_handshake_timeout", "max_send_buffer",
         "ping_interval", "ping_timeout", "idle_timeout", "filter_timeout", "drain_period",
-        "max_groups_per_connection")}
+        "max_groups_per_connection", "max_handshake_size", "max_handshake_headers")}
     merged = {k: (getattr(defaults, k) if v is None else v) for k, v in merged.items()}
     for name in merged:
         _positive(merged, name)
@@ -123,6 +128,9 @@ def limits_from_options(values: Mapping[str, Any]) -> Limits:
         raise LimitError("max_send_buffer must be positive: outgoing buffers are always bounded")
     if merged["open_handshake_timeout"] == 0:
         raise LimitError("open_handshake_timeout must be positive")
+    if merged["max_handshake_size"] == 0 or merged["max_handshake_headers"] == 0:
+        raise LimitError("max_handshake_size and max_handshake_headers must be positive: fws "
+                         "never buffers an unbounded handshake")
     rate = float(merged["max_message_rate"])
     burst = int(merged["message_burst"]) or int(max(1.0, 2 * rate))
     proxies = []
@@ -143,6 +151,8 @@ def limits_from_options(values: Mapping[str, Any]) -> Limits:
         message_burst=burst,
         rate_limit_action=values.get("rate_limit_action") or "close",
         open_handshake_timeout=float(merged["open_handshake_timeout"]),
+        max_handshake_size=int(merged["max_handshake_size"]),
+        max_handshake_headers=int(merged["max_handshake_headers"]),
         compression=bool(values.get("compression")),
         max_send_buffer=int(merged["max_send_buffer"]),
         slow_consumer_action=values.get("slow_consumer_action") or "close",

@@ -123,7 +123,8 @@ _NO_QUEUE: tuple[()] = ()
 
 #: What the opening handshake leaves on the connection that nothing reads once
 #: it is open (Autobahn's raw request and response, the key): freed in onOpen.
-_HANDSHAKE_LEFTOVERS = ("http_request_data", "http_response_data", "http_status_line", "_wskey")
+_HANDSHAKE_LEFTOVERS = ("http_request_data", "http_response_data", "http_status_line", "_wskey",
+                        "_head", "_head_done", "_head_line", "_head_crlfs")
 
 #: Autobahn state that sits at None, False or 0 for a connection's whole open
 #: life. Autobahn sets each on every instance in ``_connectionMade``; fws makes
@@ -570,6 +571,89 @@ class FwsServerProtocol(WebSocketServerProtocol):
             super().processHandshake()
         finally:
             _autobahn_protocol._url_to_origin = _url_to_origin
+
+    # The opening handshake, bounded (--max-handshake-size, --max-handshake-headers).
+    #: The request as it arrives, until its end of headers (see _dataReceived).
+    _head: bytearray | None = None
+    #: True once the request head has gone to Autobahn, or has been refused.
+    _head_done = False
+    #: True once the request line has ended and looks like one.
+    _head_line = False
+    #: Line ends (CRLF) in ``_head`` so far: the request line's, then one per header.
+    _head_crlfs = 0
+
+    def _dataReceived(self, data: bytes) -> None:
+        """
+        Hold the opening handshake's request here, bounded, until its headers end.
+
+        Autobahn appends every read to ``self.data`` and searches all of it for
+        the end of headers again, without any limit: a client sending headers
+        that never end is buffered until the handshake timeout, with quadratic
+        CPU. Here the end is looked for in the new bytes (and the last 3 of the
+        old), lines are counted as they come, and a request is refused with 431
+        as soon as it cannot end within ``--max-handshake-size`` bytes or has
+        more than ``--max-handshake-headers`` headers; a first line that cannot
+        be an HTTP request line (a TLS hello, a stray protocol) gets a 400 when
+        it ends, not the timeout. Autobahn gets the complete head in one piece,
+        and parses it (strictly) as before.
+        """
+        if self._head_done or self.state != self.STATE_CONNECTING:
+            super()._dataReceived(data)
+            return
+        limits = self.factory.limits
+        head = self._head
+        if head is None:
+            end = data.find(b"\r\n\r\n")
+            if end >= 0:  # the usual case: the whole request in one read
+                if self._head_fits(data, end, limits):
+                    super()._dataReceived(data)
+                return
+            head = self._head = bytearray()
+        seen = len(head)
+        head += data
+        end = head.find(b"\r\n\r\n", max(0, seen - 3))
+        if end >= 0:
+            self._head = None
+            if self._head_fits(head, end, limits):
+                super()._dataReceived(bytes(head))
+            return
+        if not self._head_line:
+            line_end = head.find(b"\r\n", max(0, seen - 1))
+            if not _request_line_so_far(head, seen, line_end):
+                self._refuse_head(400, "Bad Request", None, "not an HTTP request")
+                return
+            self._head_line = line_end >= 0
+        self._head_crlfs += head.count(b"\r\n", max(0, seen - 1))
+        if self._head_crlfs - 1 > limits.max_handshake_headers:
+            self._refuse_head(431, "Request Header Fields Too Large", "max_handshake_headers",
+                              f"over {limits.max_handshake_headers} headers")
+        elif len(head) >= limits.max_handshake_size:  # its end could not come in time now
+            self._refuse_head(431, "Request Header Fields Too Large", "max_handshake_size",
+                              f"request over {limits.max_handshake_size} bytes")
+
+    def _head_fits(self, head: bytes | bytearray, end: int, limits: Any) -> bool:
+        """Whether a complete request head (``end``: where its empty line is) is within the limits."""
+        self._head_done = True
+        if end + 4 > limits.max_handshake_size:
+            self._refuse_head(431, "Request Header Fields Too Large", "max_handshake_size",
+                              f"request over {limits.max_handshake_size} bytes")
+            return False
+        if head.count(b"\r\n", 0, end) > limits.max_handshake_headers:
+            self._refuse_head(431, "Request Header Fields Too Large", "max_handshake_headers",
+                              f"over {limits.max_handshake_headers} headers")
+            return False
+        return True
+
+    def _refuse_head(self, code: int, reason: str, limit: str | None, detail: str) -> None:
+        """Refuse the request before Autobahn has seen it: counted, one log line (failHandshake)."""
+        self._head = None
+        self._head_done = True
+        stats = self.factory.stats
+        stats.refused[code] = stats.refused.get(code, 0) + 1
+        if limit is not None:
+            stats.hit(limit)
+        self._refusal_detail = detail
+        self.failHandshake(reason, code, _REFUSAL_HEADERS)
 
     def failHandshake(self, reason: str, code: int = 400,
                       responseHeaders: Any = None) -> None:
@@ -1108,6 +1192,30 @@ def _origin_refusal(request: ConnectionRequest, limits: Any) -> tuple[str, str] 
     if not origin_allowed(origin, limits.allowed_origins):
         return "allowed_origins", "origin not allowed"
     return None
+
+
+#: What fws's own refusals of a request head say besides their status (as fws.web's do).
+_REFUSAL_HEADERS = (("Connection", "close"), ("Content-Length", "0"))
+
+#: Bytes no HTTP request line holds (control characters; CR only in its CRLF).
+_NOT_IN_REQUEST_LINE = bytes(range(0x00, 0x0d)) + bytes(range(0x0e, 0x20)) + b"\x7f"
+
+
+def _request_line_so_far(head: bytearray, seen: int, line_end: int) -> bool:
+    """
+    Whether ``head`` may still start with an HTTP request line: its new bytes
+    (from ``seen``) hold no control character and, once it has ended
+    (``line_end``, else -1), it is ``METHOD SP TARGET SP HTTP/x``. Each byte is
+    looked at once until the line ends, and the line once more then.
+    """
+    new = head[seen:line_end] if line_end >= 0 else head[seen:]
+    if len(new.translate(None, _NOT_IN_REQUEST_LINE)) != len(new):
+        return False
+    if line_end < 0:
+        return True
+    parts = bytes(head[:line_end]).split(b" ")
+    return (len(parts) == 3 and all(parts) and parts[2].startswith(b"HTTP/")
+            and b"\r" not in head[:line_end])
 
 
 def _accept_or_fail(outcome: Any) -> None:
