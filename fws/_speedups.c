@@ -51,8 +51,9 @@ PyDoc_STRVAR(parse_frames_doc,
 "The complete, unfragmented, masked text and binary frames at the start of\n"
 "data whose payload is at most limit bytes: a list of (payload, is_binary)\n"
 "and how many bytes of data they took. Parsing stops at anything else (a\n"
-"control frame, a fragment, RSV bits, an unmasked or 64-bit-length frame, an\n"
-"incomplete or too large frame, text that is not UTF-8), which is left for\n"
+"control frame, a fragment, RSV bits, an unmasked or 64-bit-length frame, a\n"
+"16-bit length under 126 (not minimal), an incomplete or too large frame,\n"
+"text that is not UTF-8), which is left for\n"
 "Autobahn's parser. See fws.framing.py_parse_frames.");
 
 static PyObject *
@@ -94,6 +95,8 @@ parse_frames(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 if (n - pos < 8)
                     break;
                 length = ((Py_ssize_t)data[pos + 2] << 8) | data[pos + 3];
+                if (length < 126)
+                    break;  /* not the minimal encoding: Autobahn fails it with 1002 */
                 start = pos + 8;
             }
             else if (length == 127)

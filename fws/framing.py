@@ -57,9 +57,13 @@ def py_parse_frames(data: bytes, limit: int) -> tuple[list[tuple[bytes, bool]], 
     Those are complete, unfragmented, masked text and binary frames of at most
     ``limit`` payload bytes whose text is valid UTF-8. Parsing stops at the
     first frame that is anything else (a control frame, a fragment, RSV bits,
-    no mask, a 64-bit length, not all there yet, too big, bad UTF-8): from
-    there on Autobahn's parser takes over, so it keeps enforcing RFC 6455 and
-    the size limits, and closes with the right code.
+    no mask, a 64-bit length, a 16-bit length under 126, not all there yet,
+    too big, bad UTF-8): from there on Autobahn's parser takes over, so it
+    keeps enforcing RFC 6455 and the size limits, and closes with the right
+    code. What this takes must be a strict subset of what Autobahn accepts,
+    or a frame's fate would depend on how its bytes arrived (the first read
+    after the handshake goes to Autobahn); ``tests/test_wire_differential.py``
+    holds both to that.
 
     :returns: ``([(payload, is_binary), ...], bytes_consumed)``.
     """
@@ -77,6 +81,8 @@ def py_parse_frames(data: bytes, limit: int) -> tuple[list[tuple[bytes, bool]], 
             if n - pos < 8:
                 break
             length = (data[pos + 2] << 8) | data[pos + 3]
+            if length < 126:
+                break  # not the minimal encoding (RFC 6455 5.2): Autobahn fails it with 1002
             start = pos + 8
         elif length == 127:
             break

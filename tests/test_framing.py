@@ -126,6 +126,8 @@ class Spec:
             return False
         if self.encoding == 127 or len(self.payload) >= 65536 or len(self.payload) > limit:
             return False
+        if self.encoding == 126 and len(self.payload) < 126:
+            return False  # not the minimal length encoding: Autobahn's, which fails it with 1002
         if self.opcode == 1:
             try:
                 self.payload.decode("utf-8")
