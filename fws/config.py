@@ -168,6 +168,12 @@ CORE_OPTIONS: tuple[Option, ...] = (
            "twice the rate)", "int", 0, (), "N"),
     Option("rate_limit_action", "over the rate: close the connection with 1008, or drop the "
            "message", "str", "close", (), "ACTION", ("close", "drop")),
+    Option("max_frame_rate", "frames per second a connection may send, on average: data, "
+           "continuation, ping, pong and close alike; over it the connection is closed with "
+           "1008 (token bucket; default: twice --max-message-rate; 0: no limit)", "float",
+           None, (), "RATE"),
+    Option("frame_burst", "frames a connection may send at once above the frame rate "
+           "(default: twice the frame rate)", "int", 0, (), "N"),
     Option("open_handshake_timeout", "seconds a client has to complete the opening handshake",
            "float", 10.0, (), "SECONDS"),
     Option("max_handshake_size", "largest opening handshake request in bytes (request line and "

@@ -19,7 +19,7 @@ MiB = 1024 * 1024
 #: Close codes fws uses, besides the RFC 6455 ones Autobahn sends itself
 #: (1002 protocol error, 1007 invalid UTF-8, 1009 message too big).
 CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008  # message rate limit exceeded
+CLOSE_POLICY = 1008  # message or frame rate limit exceeded
 CLOSE_TOO_BIG = 1009
 CLOSE_IDLE = 4000  # no message for --idle-timeout seconds
 CLOSE_SLOW_CONSUMER = 4008  # outgoing buffer over --max-send-buffer
@@ -43,6 +43,12 @@ class Limits:
     max_message_rate: float = 1000.0
     message_burst: int = 2000
     rate_limit_action: str = "close"
+    #: Frames of any kind (data, continuation, ping, pong, close) a connection may
+    #: send per second, and at once: the budget the message rate cannot be, since
+    #: pings and fragments are not messages. The defaults are what limits_from_options
+    #: derives from the message rate's (twice it); 0 means no limit.
+    max_frame_rate: float = 2000.0
+    frame_burst: int = 4000
     open_handshake_timeout: float = 10.0
     #: Bytes an opening handshake request may hold up to and including the empty
     #: line that ends its headers, and how many headers it may have: without
@@ -133,6 +139,7 @@ def limits_from_options(values: Mapping[str, Any]) -> Limits:
                          "never buffers an unbounded handshake")
     rate = float(merged["max_message_rate"])
     burst = int(merged["message_burst"]) or int(max(1.0, 2 * rate))
+    frame_rate, frame_burst = _frame_budget(values, rate)
     proxies = []
     for text in values.get("trusted_proxies") or ():
         try:
@@ -150,6 +157,8 @@ def limits_from_options(values: Mapping[str, Any]) -> Limits:
         max_message_rate=rate,
         message_burst=burst,
         rate_limit_action=values.get("rate_limit_action") or "close",
+        max_frame_rate=frame_rate,
+        frame_burst=frame_burst,
         open_handshake_timeout=float(merged["open_handshake_timeout"]),
         max_handshake_size=int(merged["max_handshake_size"]),
         max_handshake_headers=int(merged["max_handshake_headers"]),
@@ -166,6 +175,29 @@ def limits_from_options(values: Mapping[str, Any]) -> Limits:
         max_groups_per_connection=int(merged["max_groups_per_connection"]),
         group_claim=values.get("group_claim") or None,
     )
+
+
+def _frame_budget(values: Mapping[str, Any], message_rate: float) -> tuple[float, int]:
+    """
+    ``(max_frame_rate, frame_burst)``: as given, or twice the message rate and twice that.
+
+    Unset, the frame rate follows ``--max-message-rate``: twice it leaves a
+    client at the message rate room for its pongs and for fragmenting, and a
+    server that turned the message rate off (benchmarks, trusted clients) has
+    no frame budget either. The burst (twice the frame rate: 4000 frames by
+    default) is what fragmenting one message may take at once: a maximum-size
+    message (1 MiB) in 256-byte fragments; a message in 1-byte fragments is
+    not a client, it is a flood.
+    """
+    given = values.get("max_frame_rate")
+    rate = 2 * message_rate if given is None else float(given)
+    if rate < 0:
+        raise LimitError(f"max_frame_rate must be zero or more, not {given}")
+    burst_given = values.get("frame_burst") or 0
+    if burst_given < 0:
+        raise LimitError(f"frame_burst must be zero or more, not {burst_given}")
+    burst = int(burst_given) or int(max(1.0, 2 * rate))
+    return rate, burst
 
 
 def origin_allowed(origin: str | None, allowed: Sequence[str]) -> bool:

@@ -250,6 +250,10 @@ class FwsServerProtocol(WebSocketServerProtocol):
     _burst = 0.0
     _tokens = 0.0
     _tokens_at = 0.0
+    #: The frame budget (see :meth:`_take_frames`): frames the connection may still
+    #: send, ``None`` when there is none (``--max-frame-rate 0``) or it has acted.
+    _frame_tokens: float | None = None
+    _frame_at = 0.0
     _write_blocked = False
     _unsent = 0
     _slow = False
@@ -536,12 +540,24 @@ class FwsServerProtocol(WebSocketServerProtocol):
         frames, fragments, compression, frames split across reads, anything
         malformed or too big) starts where Autobahn's parser would and goes to
         it, so it keeps enforcing RFC 6455 and the size limits.
+
+        What Autobahn's parser does for every frame, this does once per read
+        for all of its frames: they count against the frame budget
+        (:meth:`_take_frames`), and, data frames being traffic, they restart
+        the keepalive as Autobahn does (``autoPingRestartOnAnyTraffic``, see
+        its ``onFrameEnd``), so a client busy sending is not dropped because
+        its pong waits behind its own data.
         """
         if (self.state != self.STATE_OPEN or self.data or self.current_frame is not None
                 or self.inside_message or self._perMessageCompress is not None):
             super().dataReceived(data)
             return
         frames, pos = parse_frames(data, self._fast_limit)
+        if frames:
+            if self._frame_tokens is not None and not self._take_frames(len(frames)):
+                return
+            if self.autoPingTimeoutCall is not None and self.autoPingRestartOnAnyTraffic:
+                self._cancelAutoPingTimeoutCall()
         for payload, binary in frames:
             self.onMessage(payload, binary)
             if self.state != self.STATE_OPEN:
@@ -826,6 +842,9 @@ class FwsServerProtocol(WebSocketServerProtocol):
             self._rate = limits.max_message_rate
             self._burst = self._tokens = float(limits.message_burst)
             self._tokens_at = self.factory.reactor.seconds()
+        if limits.max_frame_rate > 0:
+            self._frame_tokens = float(limits.frame_burst)
+            self._frame_at = self.factory.reactor.seconds()
         self.factory.register(self)
         self._compact()
         if factory.closing is not None:  # the server is stopping: this one goes too
@@ -934,6 +953,95 @@ class FwsServerProtocol(WebSocketServerProtocol):
             self._rate = 0.0  # one close is enough; whatever else arrives is ignored
         return False
 
+    def _take_frames(self, count: int) -> bool:
+        """
+        The frame budget: take ``count`` frames from a token bucket of
+        ``--max-frame-rate`` per second and ``--frame-burst`` at once; over it,
+        close with 1008 and deliver nothing more.
+
+        The message bucket only sees messages: pings (each costs the server a
+        pong), pongs, close frames and the fragments of one message pass it,
+        and a client sending those by the hundred thousand per second starved
+        everyone else on the server (issue 14). Every frame counts here: the
+        fast path's once per read (:meth:`dataReceived`), Autobahn's parser's
+        once per frame (:meth:`onFrameBegin`). Over the budget the connection
+        is closed whatever ``--rate-limit-action`` says: a message can be
+        dropped, a frame cannot without corrupting the stream.
+        """
+        limits = self.factory.limits
+        now = self.factory.reactor.seconds()
+        tokens = (self._frame_tokens or 0.0) + (now - self._frame_at) * limits.max_frame_rate
+        if tokens > limits.frame_burst:
+            tokens = float(limits.frame_burst)
+        self._frame_at = now
+        if tokens >= count:
+            self._frame_tokens = tokens - count
+            return True
+        self._frame_tokens = None  # one close is enough
+        self.factory.stats.hit("max_frame_rate")
+        self._log.info("connection {conn_id} sent more than {rate} frames/s; closing",
+                       conn_id=self.id, rate=limits.max_frame_rate)
+        self.close(CLOSE_POLICY, "frame rate limit exceeded")
+        # Autobahn delivers no message of a failed connection (onMessageEnd): nothing
+        # the client sent after its budget reaches the filters.
+        self.failedByMe = True
+        return False
+
+    def onFrameBegin(self) -> None:
+        """A frame Autobahn's parser reads (control, continuation, any): one from the budget."""
+        if self._frame_tokens is not None and self.state == self.STATE_OPEN:
+            self._take_frames(1)
+        super().onFrameBegin()
+
+    def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> bool | None:
+        """
+        A close frame from the client: a bad one is answered with 1002 (1007
+        for a reason that is not UTF-8) and the TCP connection closed after
+        it; 1014 is as valid as 1011.
+
+        Autobahn (with ``failByDrop`` off, as fws runs it) answers a bad close
+        frame with its own close frame, then, in the same call, takes the bad
+        frame for the client's answer to that close and aborts the connection.
+        The abort throws away the close frame before it is sent: the client
+        saw a reset where fws's log said 1002. The client has said its last
+        word, so no answer is awaited: the connection is closed, not reset,
+        once the close frame is out. The frame's own faults (one byte of
+        payload, more than 125, fragmented, RSV bits, not masked) Autobahn's
+        parser has already answered; a bad code or reason is answered here,
+        in Autobahn's words. Autobahn's list of codes also lacks 1014 (bad
+        gateway), which IANA registered with 1012 and 1013.
+        """
+        frame = self.current_frame
+        bad_frame = frame is not None and (not frame.fin or frame.rsv or frame.mask is None
+                                           or frame.length == 1 or frame.length > 125)
+        bad_code = code is not None and not _valid_close_code(code)
+        bad_reason = False
+        if not bad_frame and not bad_code and reasonRaw is not None:
+            try:
+                reasonRaw.decode("utf-8")
+            except UnicodeDecodeError:
+                bad_reason = True
+        if not (bad_frame or bad_code or bad_reason):
+            if code != 1014:
+                return super().onCloseFrame(code, reasonRaw)  # type: ignore[arg-type]
+            # Autobahn checks its class's list: with 1014 on it for this call only.
+            base = _autobahn_protocol.WebSocketProtocol
+            allowed = base.CLOSE_STATUS_CODES_ALLOWED
+            base.CLOSE_STATUS_CODES_ALLOWED = [*allowed, 1014]
+            try:
+                return super().onCloseFrame(code, reasonRaw)  # type: ignore[arg-type]
+            finally:
+                base.CLOSE_STATUS_CODES_ALLOWED = allowed
+        if self.state == self.STATE_OPEN:
+            if bad_code:
+                self._protocol_violation(f"invalid close code {code}")
+            elif bad_reason:
+                self._invalid_payload("invalid close reason (non-UTF8 payload)")
+            else:
+                self._protocol_violation("invalid close frame")
+        self.dropConnection(abort=False)
+        return True
+
     # --- ordering ----------------------------------------------------------------------------
 
     def _queue(self, item: tuple[Any, Any]) -> None:
@@ -1021,6 +1129,15 @@ class FwsRawDataProtocol(FwsServerProtocol):
         self._raw_backlog = None
         if self.transport:
             self.transport.resumeProducing()
+
+
+def _valid_close_code(code: int) -> bool:
+    """
+    Whether a client may close with ``code``: RFC 6455 7.4's codes that may be
+    sent (not 1004, 1005, 1006 or 1015) and IANA's later 1012, 1013 and 1014,
+    or one of 3000-4999 (registered and private use).
+    """
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 def can_write_directly(transport: Any) -> bool:
