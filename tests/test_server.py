@@ -384,7 +384,7 @@ def test_wiring_opens_nothing_until_started() -> None:
     service.startService()
     [(port, factory, _backlog, interface)] = reactor.tcpServers
     assert (port, interface) == (9123, "127.0.0.1") and factory is service.factory
-    assert [s.name for s in service] == ["storage", "websocket"]
+    assert [s.name for s in service] == ["storage", "drain", "websocket"]  # stopped in reverse: listener, drain, storage
     d: Deferred[None] = service.stopService()
     assert d.called
 
