@@ -38,7 +38,7 @@ def start_logging(config: Config) -> None:
     )
 
     txaio.use_twisted()
-    txaio.set_global_log_level(config.log_level)
+    txaio.set_global_log_level(config.log_level)  # type: ignore[attr-defined]
     level = LogLevel.levelWithName(config.log_level)
     if config.log_format == "json":
         from fws.logs import json_observer

@@ -361,7 +361,8 @@ def _coerce(opt: Option, value: Any, source: str) -> Any:
     if opt.kind == "flag":
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no",
+                                                        "off", ""):
             return value.lower() in ("1", "true", "yes", "on")
         raise ConfigError(f"{what} must be true or false, not {value!r}")
     if opt.kind == "int":
@@ -418,7 +419,7 @@ def resolve(
     argv: Sequence[str],
     prog: str = "fws_server",
     environ: Mapping[str, str] | None = None,
-    print_help: Callable[[str], None] | None = None,
+    print_help: Callable[[str], object] | None = None,
 ) -> Config | None:
     """
     Parse ``argv`` (without the program name) into a :class:`Config`.

@@ -20,12 +20,9 @@ from twisted.logger import Logger
 from fws.limits import CLOSE_GOING_AWAY, CLOSE_IDLE, Limits
 from fws.metrics import Stats
 from fws.pipeline import FilterPipeline, run_chain
-from fws.protocol import (FwsRawDataProtocol, FwsServerProtocol, Lane, normalize_payload,
-                          unsent_bytes)
+from fws.protocol import FwsRawDataProtocol, FwsServerProtocol, Lane, normalize_payload, unsent_bytes
 from fws.storage_objects import StorageObject
 from fws.timers import BucketTimer
-
-
 
 #: ``_flush_call`` while a flush waits in the reactor's after-I/O list.
 _AFTER_IO = object()
@@ -50,7 +47,7 @@ class FwsServerFactory(WebSocketServerFactory):
     :ivar connections: every connection, open or still in its handshake.
     """
 
-    protocol = FwsServerProtocol
+    protocol = FwsServerProtocol  # type: ignore[assignment]
     noisy = False  # no "Starting factory" lines; fws logs what matters itself
     _log = Logger()
 
@@ -110,7 +107,7 @@ class FwsServerFactory(WebSocketServerFactory):
         self._member_left = storage_object.member_left if shared else None
         storage_object.attach(self)
 
-    def setProtocolOptions(self, **options: Any) -> None:
+    def setProtocolOptions(self, **options: Any) -> None:  # type: ignore[override]
         """
         Autobahn's, plus: the options become class attributes of a protocol
         class made for this factory.
@@ -157,8 +154,8 @@ class FwsServerFactory(WebSocketServerFactory):
                 self.stats.hit("idle_timeout")
                 conn.close(CLOSE_IDLE, "idle timeout")
 
-    def buildProtocol(self, addr: Any) -> FwsServerProtocol:
-        proto: FwsServerProtocol = super().buildProtocol(addr)
+    def buildProtocol(self, addr: Any) -> FwsServerProtocol:  # type: ignore[override]
+        proto: FwsServerProtocol = super().buildProtocol(addr)  # type: ignore[assignment]
         proto.id = f"{self.node_id}-{next(self._ids)}"
         return proto
 
@@ -281,7 +278,7 @@ class FwsServerFactory(WebSocketServerFactory):
             elif out.__class__ is list:
                 out.append(frame)
             else:
-                lane.out = [out, frame]
+                lane.out = [out, frame]  # type: ignore[list-item]
             sent += 1
         if sent:
             stats = self.stats
@@ -331,7 +328,7 @@ class FwsServerFactory(WebSocketServerFactory):
             if out is None:  # already written (sendData writes what is queued first)
                 continue
             if lane.ok:
-                data = out if out.__class__ is bytes else b"".join(out)
+                data = out if out.__class__ is bytes else b"".join(out)  # type: ignore[arg-type]
                 try:
                     sent = lane.sock.send(data)
                 except OSError:  # EAGAIN, or an error Twisted will find and report itself

@@ -82,7 +82,9 @@ class Limits:
             # fws decides on Origin itself (fws.protocol._origin_refusal): Autobahn is
             # told every Origin is "null" (fws.protocol._null_origin) and lets it pass.
             "allowNullOrigin": True,
-            "webStatus": False,  # a plain GET gets 426 Upgrade Required, not Autobahn's status page  # protocol errors get a close frame (1002, 1007 ...), then TCP close
+            # A plain GET gets 426 Upgrade Required, not Autobahn's status page; protocol
+            # errors get a close frame (1002, 1007 ...), then TCP close.
+            "webStatus": False,
         }
         if self.compression:
             options["perMessageCompressionAccept"] = self._accept_deflate

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
 from twisted.logger import ILogObserver, formatEvent
@@ -47,7 +47,7 @@ def _plain(value: Any) -> Any:
 def event_as_record(event: dict[str, Any]) -> dict[str, Any]:
     """The JSON object for one log event."""
     level = event.get("log_level")
-    when = datetime.fromtimestamp(event.get("log_time") or 0.0, timezone.utc)
+    when = datetime.fromtimestamp(event.get("log_time") or 0.0, UTC)
     record: dict[str, Any] = {
         "time": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "level": level.name if level is not None else "info",

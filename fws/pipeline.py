@@ -289,10 +289,11 @@ class FilterPipeline:
         """The same pipeline with every filter's asynchronous work limited to ``timeout`` s."""
         if timeout <= 0:
             return self
-        return replace(self, **{
+        chains: dict[str, Any] = {
             event: tuple(replace(e, timeout=timeout, clock=clock) for e in self.chain(event))
             for event in EVENTS
-        })
+        }
+        return replace(self, **chains)
 
     def with_metrics(self, metrics: Any) -> FilterPipeline:
         """
@@ -302,10 +303,11 @@ class FilterPipeline:
         Only servers that serve metrics pay for this: two clock reads and a
         histogram update per filter call.
         """
-        return replace(self, **{
+        chains: dict[str, Any] = {
             event: tuple(replace(e, func=_timed(e, event, metrics)) for e in self.chain(event))
             for event in EVENTS
-        })
+        }
+        return replace(self, **chains)
 
     def describe(self) -> dict[str, list[str]]:
         """Filter names per event, for logs and ``--check`` style output."""

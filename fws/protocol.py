@@ -266,6 +266,12 @@ class FwsServerProtocol(WebSocketServerProtocol):
     _drain_call: Any = None
     #: Where this connection's outgoing frames wait for the flush (see :class:`Lane`).
     _lane: Lane
+    #: A concrete TCP (or TLS, UNIX) transport, whose buffers and socket the wire
+    #: code reads; Twisted's ITransport declares none of them.
+    transport: Any
+    #: Autobahn protocol options, set on the class by the factory.
+    autoFragmentSize: int
+    closeHandshakeTimeout: float
     #: Whether the transport is plain TCP whose socket fws may write itself.
     _direct = False
     #: Largest frame the inbound fast path takes (larger ones go to Autobahn).
@@ -299,7 +305,7 @@ class FwsServerProtocol(WebSocketServerProtocol):
         super().__init__()
         self._lane = Lane(self)
 
-    def sendMessage(  # type: ignore[override]
+    def sendMessage(
         self,
         payload: str | bytes | bytearray | memoryview,
         isBinary: bool | None = None,
@@ -335,7 +341,7 @@ class FwsServerProtocol(WebSocketServerProtocol):
             elif out.__class__ is list:
                 out.append(frame)
             else:
-                lane.out = [out, frame]
+                lane.out = [out, frame]  # type: ignore[list-item]
             return
         stats = self.factory.stats
         stats.messages_out += 1
@@ -381,7 +387,7 @@ class FwsServerProtocol(WebSocketServerProtocol):
         if not out:
             return
         lane.out = None
-        data = out if out.__class__ is bytes else b"".join(out)
+        data = out if out.__class__ is bytes else b"".join(out)  # type: ignore[arg-type]
         transport = self.transport
         if transport is None:
             lane.ok = False
@@ -750,7 +756,7 @@ class FwsServerProtocol(WebSocketServerProtocol):
         closed = self.__dict__.get("_is_closed")
         if closed is None:
             return succeed(self)
-        return closed  # type: ignore[no-any-return]
+        return closed
 
     @is_closed.setter
     def is_closed(self, closed: Deferred[Any]) -> None:
@@ -905,7 +911,7 @@ class FwsServerProtocol(WebSocketServerProtocol):
         # it, or answers 1000), the client's otherwise; 1006 when no close frame came.
         by = "server" if self.closedByMe else "client"
         shown = self.localCloseCode if self.closedByMe and self.localCloseCode else code
-        if shown is None or not wasClean and not self.closedByMe:
+        if shown is None or (not wasClean and not self.closedByMe):
             shown = 1006
         if self.closedByMe and self.localCloseCode:
             # Autobahn keeps the reason it sent as the UTF-8 bytes of the frame.

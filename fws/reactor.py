@@ -47,7 +47,7 @@ def _reactor_class() -> type:
 
     EWOULDBLOCK = errno.EWOULDBLOCK
 
-    class FwsEPollReactor(EPollReactor):  # type: ignore[misc]
+    class FwsEPollReactor(EPollReactor):
         """
         ``EPollReactor`` whose ``doPoll`` calls ``_doReadOrWrite`` directly, and
         runs ``fws_after_io`` callables once the events of one poll are handled.

@@ -54,9 +54,9 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wra
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
-from twisted.logger import Logger
 
 log = Logger()
 
@@ -169,7 +169,7 @@ _COMMANDS = frozenset(
 _OWN = object()
 
 
-class _CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc,valid-type]
+class _CommandProtocol(txredisapi.RedisProtocol):
     """
     txredisapi's command protocol plus a lean PUBLISH (:meth:`fast_publish`)
     and one watchdog for every reply owed.
@@ -300,7 +300,7 @@ class _CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc,valid-typ
                                 else txredisapi.ConnectionError("Lost connection"))
 
 
-class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc,valid-type]
+class _SubscriberProtocol(txredisapi.SubscriberProtocol):
     link: _Link
 
     def own_command(self, *args: Any) -> Deferred[Any]:
@@ -341,6 +341,12 @@ class _LinkFactory(Factory):
 def _each(method: Callable[[list[bytes]], Deferred[Any]], names: Sequence[bytes]) -> Deferred[Any]:
     """One channel per (P)SUBSCRIBE: txredisapi pairs one reply with one command."""
     return gatherResults([method([name]) for name in names], consumeErrors=True)
+
+
+def _cancel_abort(result: None, abort: IDelayedCall) -> None:
+    if abort.active():
+        abort.cancel()
+    return result
 
 
 def _count(n: int, what: str) -> str:
@@ -538,7 +544,7 @@ class _Link:
                 transport.loseConnection()
                 # A stalled Redis reads nothing, and a close waits for the output to go.
                 abort = self.reactor.callLater(2.0, transport.abortConnection)
-                waiter.addBoth(lambda r, abort=abort: (abort.cancel() if abort.active() else None, r)[1])
+                waiter.addBoth(_cancel_abort, abort)
         return waiter
 
     def _maybe_stopped(self) -> None:
@@ -568,8 +574,6 @@ class RedisService(Service):
         login answer (and every SUBSCRIBE).
     """
 
-    name = "redis"
-
     def __init__(
         self,
         reactor: Any,
@@ -584,6 +588,7 @@ class RedisService(Service):
         reply_timeout: float = 5.0,
         connect_timeout: float = 3.0,
     ) -> None:
+        self.setName("redis")
         self._reactor = reactor
         self.address = address
         self.channels = tuple(channels)
@@ -774,4 +779,5 @@ class RedisService(Service):
                      address=self.address.describe(), outage=time.monotonic() - since, lost=lost)
 
 
-__all__ = ["RedisAddress", "RedisConnectionError", "RedisService", "RedisUnavailable", "make_endpoint", "parse_redis_url"]
+__all__ = ["RedisAddress", "RedisConnectionError", "RedisService", "RedisUnavailable", "make_endpoint",
+           "parse_redis_url"]

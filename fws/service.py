@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import signal
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -77,7 +77,7 @@ class ListeningService(Service):
                  name: str = "websocket", what: str = "fws") -> None:
         self.endpoints = endpoints
         self.factory = factory
-        self.name = name
+        self.setName(name)
         self.what = what
         self.ports: list[IListeningPort] = []
 
@@ -124,7 +124,7 @@ def _listen_reason(failure: Failure) -> str:
 
 
 def _address(port: IListeningPort) -> str:
-    host = port.getHost()
+    host: Any = port.getHost()  # IPv4Address, IPv6Address or UNIXAddress
     if hasattr(host, "port"):
         return f"{host.host}:{host.port}"
     return str(getattr(host, "name", host))
@@ -137,9 +137,8 @@ class _Drain(Service):
     WebSocket listener and storage, so that is where the drain comes.
     """
 
-    name = "drain"
-
     def __init__(self, root: FwsService) -> None:
+        self.setName("drain")
         self.root = root
 
     def stopService(self) -> Deferred[None]:
@@ -152,9 +151,8 @@ class _Drain(Service):
 class _HeartbeatService(Service):
     """Runs the reactor-lag :class:`fws.web.Heartbeat` while the tree runs."""
 
-    name = "heartbeat"
-
     def __init__(self, heartbeat: Any) -> None:
+        self.setName("heartbeat")
         self.heartbeat = heartbeat
 
     def startService(self) -> None:
@@ -378,7 +376,7 @@ def install_stop_signals(reactor: Any) -> None:
     Twisted installed its handlers.
     """
 
-    stopping = []
+    stopping: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:
         if stopping:  # a second signal (e.g. from a process group) changes nothing
@@ -391,7 +389,7 @@ def install_stop_signals(reactor: Any) -> None:
         signal.signal(sig, handler)
 
 
-def fail_startup(prog: str, message: str, status: int) -> None:
+def fail_startup(prog: str, message: str, status: int) -> NoReturn:
     """Print one error line to the real stderr and exit (no traceback)."""
     stream = sys.__stderr__ or sys.stderr
     stream.write(f"{prog}: error: {message}\n")

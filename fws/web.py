@@ -21,7 +21,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.pages import notFound
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
 from fws.protocol import _NOT_IN_REQUEST_LINE
@@ -132,7 +132,7 @@ class AdminRoot(Resource):
         if metrics is not None:
             self.putChild(b"metrics", MetricsResource(metrics))
 
-    def getChild(self, path: bytes, request: Any) -> Resource:
+    def getChild(self, path: bytes, request: Any) -> IResource:
         if path == b"":
             return self
         return notFound()
@@ -189,7 +189,7 @@ class PublicRoot(Resource):
             self.special[b"metrics"] = MetricsResource(metrics)
         self.static = StaticFiles(static) if static else None
 
-    def getChildWithDefault(self, path: bytes, request: Any) -> Resource:
+    def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
         if _wants_websocket(request):
             return self.websocket
         special = self.special.get(path)

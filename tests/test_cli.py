@@ -22,7 +22,6 @@ from tests.processes import BIN, FwsProcess
 from tests.redis_support import free_port
 
 
-
 def server(processes: list[FwsProcess], *args: str, cwd: Path | None = None,
            env: dict[str, str] | None = None, wait: bool = True) -> FwsProcess:
     proc = FwsProcess([], cwd=cwd, env=env)
@@ -152,7 +151,8 @@ def test_seed_config_file(processes: list[FwsProcess], tmp_path: Path) -> None:
         {{
             "port": "{port}",
             "interface": "127.0.0.1",
-            "filters": ["filtered_websocket.filters.broadcast_messages_by_token", "filtered_websocket.filters.stdout_messages"]
+            "filters": ["filtered_websocket.filters.broadcast_messages_by_token",
+                        "filtered_websocket.filters.stdout_messages"]
         }}
     """))
     proc = FwsProcess(["-c", "config.json"], cwd=tmp_path, port=port)
@@ -278,7 +278,7 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))

@@ -99,7 +99,7 @@ def self_signed() -> tuple[bytes, bytes]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(1)
             .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
@@ -154,8 +154,8 @@ def test_doc_command(where: str, command: str, expected: str | None, workdir: Pa
 
 def test_plugin_cache_command() -> None:
     """docs/deployment.rst: regenerating twistd's plugin cache works as shown."""
-    line = next(l.strip() for l in (ROOT / "docs" / "deployment.rst").read_text().splitlines()
-                if l.strip().startswith('python -c "from twisted.plugin import'))
+    line = next(text.strip() for text in (ROOT / "docs" / "deployment.rst").read_text().splitlines()
+                if text.strip().startswith('python -c "from twisted.plugin import'))
     code = shlex.split(line)[2]
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)

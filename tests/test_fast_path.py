@@ -32,7 +32,7 @@ async def test_fast_paths_deliver_every_size_intact(reactor: Any) -> None:
     server = Server(reactor, ["echo"]).start()
     try:
         a, b = await server.connect(), await server.connect()
-        [conn_a, conn_b] = sorted(server.factory.users.values(), key=lambda c: c.id)
+        [conn_a, _conn_b] = sorted(server.factory.users.values(), key=lambda c: c.id)
         assert conn_a._perMessageCompress is None and not conn_a.autoFragmentSize
         for size in SIZES:
             for binary in (False, True):
@@ -513,11 +513,12 @@ def twisted_reads(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 def test_fws_reactor_reads_deliver_in_order(private_reactor: Any, twisted_reads: list[Any]) -> None:
-    server, protocol, client = _served(private_reactor)
+    _, protocol, client = _served(private_reactor)
     try:
         for i in range(50):
             client.sendall(b"chunk %d;" % i)
-            _poll_until(private_reactor, lambda: b"".join(protocol.received).endswith(b"%d;" % i))
+            _poll_until(private_reactor,
+                        lambda i=i: b"".join(protocol.received).endswith(b"%d;" % i))
     finally:
         client.close()
     assert b"".join(protocol.received) == b"".join(b"chunk %d;" % i for i in range(50))

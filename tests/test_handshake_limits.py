@@ -97,7 +97,7 @@ def read_all(sock: socket.socket, timeout: float = 5.0) -> tuple[bytes, bool]:
     try:
         while chunk := sock.recv(65536):
             data += chunk
-    except socket.timeout:
+    except TimeoutError:
         return data, False
     except OSError:  # reset: closed all the same
         pass

@@ -18,7 +18,6 @@ from tests.helpers import Server
 from tests.redis_support import RedisProcess
 
 
-
 def redis_config(redis: RedisProcess, *extra: str) -> dict[str, Any]:
     config = resolve(["--storage", "fws.storage_objects.redis", "--redis_port", str(redis.port),
                       "--redis-host", "127.0.0.1", *extra], environ={})

@@ -83,7 +83,8 @@ def test_seed_combined_example_across_three_nodes(redis: RedisProcess, processes
             assert_silent(client, 0.1)  # exactly once: no duplicate through the relay
 
 
-def test_custom_channels_with_twistd(redis: RedisProcess, processes: list[FwsProcess], tmp_path: Path) -> None:
+def test_custom_channels_with_twistd(redis: RedisProcess, processes: list[FwsProcess],
+                                     tmp_path: Path) -> None:
     proc = FwsProcess([], env=LEGACY, cwd=tmp_path,
                       command=[str(BIN / "twistd"), "-n", "--pidfile=", "fws"])
     proc.args = ["--listen", f"tcp:{proc.port}:interface=127.0.0.1", "--filters",
@@ -104,7 +105,8 @@ def test_custom_channels_with_twistd(redis: RedisProcess, processes: list[FwsPro
     proc.wait_for_line("alerts.fire: run")
 
 
-def test_token_groups_across_nodes_and_a_killed_node(redis: RedisProcess, processes: list[FwsProcess]) -> None:
+def test_token_groups_across_nodes_and_a_killed_node(redis: RedisProcess,
+                                                     processes: list[FwsProcess]) -> None:
     filters = ("fws.filters.broadcast_messages_by_token",)
     one = node(processes, redis, *filters, extra=("--redis_node_ttl", "1"))
     two = node(processes, redis, *filters, extra=("--redis_node_ttl", "1"))

@@ -17,8 +17,6 @@ from fws.protocol import CloseInfo, normalize_payload
 from tests.helpers import Server, close, write_module
 
 
-
-
 @pytest_twisted.ensureDeferred
 async def test_broadcast_reaches_every_other_user_text_and_binary(reactor: Any) -> None:
     server = Server(reactor, ["fws.filters.broadcast_messages"]).start()
@@ -143,8 +141,8 @@ async def test_token_groups(reactor: Any) -> None:
         assert set(server.factory.groups) == {"red", "blue"}
         await close(c)
         await deferLater(reactor, 0.05, lambda: None)
-        assert list(server.factory.groups["blue"]) == [server.factory.users and
-                                                        next(i for i, u in server.factory.users.items() if u.token == "blue")]
+        blue = next(i for i, u in server.factory.users.items() if u.token == "blue")
+        assert list(server.factory.groups["blue"]) == [server.factory.users and blue]
         await close(b)
         await deferLater(reactor, 0.05, lambda: None)
         assert "blue" not in server.factory.groups
@@ -384,7 +382,8 @@ def test_wiring_opens_nothing_until_started() -> None:
     service.startService()
     [(port, factory, _backlog, interface)] = reactor.tcpServers
     assert (port, interface) == (9123, "127.0.0.1") and factory is service.factory
-    assert [s.name for s in service] == ["storage", "drain", "websocket"]  # stopped in reverse: listener, drain, storage
+    # stopped in reverse: listener, drain, storage
+    assert [s.name for s in service] == ["storage", "drain", "websocket"]
     d: Deferred[None] = service.stopService()
     assert d.called
 

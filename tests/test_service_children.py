@@ -45,7 +45,8 @@ async def test_a_child_service_is_stopped_first_and_the_drain_order_holds(reacto
         stop = child.stopService
 
         def recorded(stop: Any = stop, what: str = what) -> Any:
-            seen.append(f"{what} ({len(server.factory.users)} users, closing={server.factory.closing is not None})")
+            closing = server.factory.closing is not None
+            seen.append(f"{what} ({len(server.factory.users)} users, closing={closing})")
             return stop()
 
         child.stopService = recorded  # type: ignore[method-assign]

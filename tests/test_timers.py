@@ -105,9 +105,8 @@ def test_bucket_size_must_be_positive() -> None:
 
 def test_autobahn_schedules_its_timeouts_through_the_factory_timer() -> None:
     """What fws replaces is what Autobahn uses (else the replacement is a harmless no-op)."""
-    from autobahn.websocket.protocol import WebSocketProtocol, WebSocketServerProtocol
-
     import autobahn.websocket.protocol as autobahn_protocol
+    from autobahn.websocket.protocol import WebSocketProtocol, WebSocketServerProtocol
 
     scheduled = "self.factory._batched_timer.call_later"
     assert scheduled in inspect.getsource(WebSocketProtocol._connectionMade)  # handshake timeout

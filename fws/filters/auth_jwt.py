@@ -24,7 +24,6 @@ import jwt
 
 from fws.filters.base import Refuse, WebSocketConnectFilter
 
-
 SYMMETRIC = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
                         "ES512", "EdDSA"})

@@ -43,14 +43,14 @@ class StorageServer(Protocol):
     node_id: str
 
     @property
-    def groups(self) -> Mapping[str, set[str]]:
-        """Token group name -> ids of this node's members (to restore them in shared storage)."""
+    def groups(self) -> Mapping[str, Mapping[str, object]]:
+        """Token group name -> this node's members by id (to restore them in shared storage)."""
 
     def deliver_pubsub(self, channel: str, data: bytes, pattern: str | None) -> None:
         """A pub/sub message for the consumer chain."""
 
     def deliver_relayed(self, group: str | None, exclude_id: str | None, is_binary: bool,
-                        payload: bytes) -> None:
+                        payload: bytes) -> object:
         """A broadcast another node relayed: deliver it to this node's users (or members)."""
 
 

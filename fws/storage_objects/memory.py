@@ -23,9 +23,8 @@ from fws.storage_objects import Consumer, StorageBase
 class MemoryStorage(StorageBase, Service):
     """In-process :class:`fws.storage_objects.StorageObject`."""
 
-    name = "storage"
-
     def __init__(self, reactor: IReactorTime) -> None:
+        self.setName("storage")
         self._reactor = reactor
         self._sets: dict[str, set[bytes]] = {}
         self.consumer: Consumer | None = None

@@ -34,14 +34,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from fws.config import ConfigError, Option
-from fws.storage_objects import StorageBase, StorageServer
 from fws.redis_service import (
     RedisAddress,
     RedisConnectionError,
@@ -49,6 +47,7 @@ from fws.redis_service import (
     RedisUnavailable,
     parse_redis_url,
 )
+from fws.storage_objects import StorageBase, StorageServer
 
 log = Logger()
 
@@ -87,12 +86,12 @@ GLOB = frozenset("*?[")
 class RedisStorage(StorageBase, MultiService):
     """:class:`fws.storage_objects.StorageObject` on Redis, plus the node-to-node relay."""
 
-    name = "storage"
     shared = True
 
     def __init__(self, reactor: Any, address: RedisAddress, channels: Sequence[str], key: str,
                  node_ttl: float = 15.0, **timeouts: float) -> None:
         super().__init__()
+        self.setName("storage")
         self._reactor = reactor
         self.key = key
         self.bus = f"{key}:bus".encode()
@@ -211,7 +210,7 @@ class RedisStorage(StorageBase, MultiService):
         if server is None:
             return
         if channel == self.bus and pattern is None:
-            header, sep, payload = data.partition(b"\n")
+            header, _, payload = data.partition(b"\n")
             try:
                 origin, group, exclude_id, is_binary = json.loads(header)
             except ValueError:
