@@ -23,8 +23,10 @@ from twisted.python.failure import Failure
 
 from fws import framing
 from fws.config import Config, ConfigError, load_storage_module
+from fws.connection import Connection, Server
 from fws.factory import FwsServerFactory
 from fws.pipeline import FilterPipeline, load_pipeline
+from fws.protocol import FwsServerProtocol
 from fws.storage_objects import StorageObject, complete
 
 log = Logger()
@@ -284,6 +286,11 @@ def _one_line(e: BaseException) -> str:
     if "OpenSSL" in type(e).__module__ or type(e).__name__ == "Error":
         text = f"invalid key or certificate ({text})"
     return " ".join(text.split())
+
+
+def _keeps_the_public_api(conn: FwsServerProtocol, server: FwsServerFactory) -> tuple[Connection, Server]:
+    """Never called: mypy checks here that fws's objects satisfy :mod:`fws.connection`."""
+    return conn, server
 
 
 def make_service(

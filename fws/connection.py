@@ -1,0 +1,108 @@
+"""
+The API filters program against: :class:`Connection` (``web_socket_instance``)
+and :class:`Server` (``web_socket_instance.factory``, and the first argument of
+a consumer filter).
+
+These are typed descriptions (:class:`typing.Protocol`), not base classes: the
+objects fws hands a filter are its Autobahn protocol and factory, whose other
+attributes are implementation details that may change in any release. What
+is here is the promise; ``mypy`` checks that fws keeps it (see
+:func:`fws.service.make_service`), and so does ``tests/test_connection_api.py``
+on live objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # importing this module imports neither Autobahn nor Twisted
+    from autobahn.websocket.types import ConnectionRequest
+
+    from fws.storage_objects import StorageObject
+
+Payload = str | bytes | bytearray | memoryview
+
+
+@runtime_checkable
+class Connection(Protocol):
+    """One client's WebSocket connection, as filters see it."""
+
+    #: Unique id, ``<node id>-<n>``; unique across every fws process too.
+    id: str
+    #: The token group the connection is in (``broadcast_messages_by_token``), or ``None``.
+    token: str | None
+    #: The verified JWT claims (``auth_jwt``), or ``None``.
+    claims: dict[str, Any] | None
+    #: The opening handshake's request: path, params, headers, peer.
+    request: ConnectionRequest | None
+    #: The client's address (the forwarded one behind a trusted proxy).
+    client_ip: str
+    #: Whether the message being filtered arrived as a binary frame.
+    is_binary: bool
+    #: Messages received on this connection so far.
+    messages_in: int
+    #: True while the client reads too slowly and what is sent to it is dropped
+    #: (``--slow-consumer-action drop``).
+    send_full: bool
+
+    @property
+    def users(self) -> Mapping[str, Connection]:
+        """All users of this server process: id -> connection."""
+
+    @property
+    def storage_object(self) -> StorageObject:
+        """The server's storage object."""
+
+    @property
+    def factory(self) -> Server:
+        """The server this connection belongs to."""
+
+    @property
+    def groups_joined(self) -> set[str]:
+        """Every token group this connection has joined (``--max-groups-per-connection``)."""
+
+    def sendMessage(self, payload: Payload, isBinary: bool | None = None) -> None:
+        """
+        Send one message: ``str`` as text, bytes-like as the kind of the
+        message being filtered (or, outside a message chain, text when it is
+        valid UTF-8). Does nothing once the connection has closed.
+        """
+
+    def close(self, code: int = 1000, reason: str | None = None) -> None:
+        """Start the closing handshake, with any valid close code."""
+
+
+@runtime_checkable
+class Server(Protocol):
+    """One fws server, as filters see it (``web_socket_instance.factory``)."""
+
+    #: This node's id: the prefix of its connection ids.
+    node_id: str
+
+    @property
+    def users(self) -> Mapping[str, Connection]:
+        """Every open connection of this process: id -> connection."""
+
+    @property
+    def groups(self) -> Mapping[str, Mapping[str, Connection]]:
+        """Token group name -> this process's members by id."""
+
+    @property
+    def storage_object(self) -> StorageObject:
+        """Shared storage and pub/sub."""
+
+    def broadcast(self, payload: Payload, isBinary: bool | None = None, *,
+                  exclude: Any = None, recipients: Iterable[Any] | None = None) -> int:
+        """Send one message to every local user, or to ``recipients``, framing it once."""
+
+    def broadcast_all(self, payload: Payload, isBinary: bool | None = None, *,
+                      exclude: Any = None) -> int:
+        """Send one message to every user of the logical server (every node)."""
+
+    def broadcast_group(self, group: str, payload: Payload, isBinary: bool | None = None, *,
+                        exclude: Any = None) -> int:
+        """Send one message to every member of token group ``group``, on every node."""
+
+
+__all__ = ["Connection", "Payload", "Server"]
