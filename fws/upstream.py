@@ -1,0 +1,163 @@
+"""
+The internals of Twisted, Autobahn and txredisapi that fws relies on: every
+name that is not their public API (private attributes, undocumented instance
+state, module globals fws swaps, methods it overrides that are not documented
+hooks), in one place.
+
+fws is fast because it goes around its libraries on the hot paths (its own
+frame parser, direct socket writes, an inlined reactor read, a lean Redis
+PUBLISH) and hardened because it corrects them where they are wrong (Origin,
+close frames, handshake bounds). Both rest on these names. An upgrade that
+renames one would break fws quietly, so ``tests/test_upstream.py`` walks this
+list against the installed versions (on live objects for instance state), and
+checks that only :data:`OWNERS`, the modules that make up fws's wire, name
+any of them.
+
+Each entry is ``(owner, name, kind)``: ``owner`` the importable dotted path of
+the class or module that defines it, ``kind`` one of ``method``, ``class``
+(a class attribute), ``instance`` (set on instances; the comment says where)
+or ``global`` (a module global). Inventoried against Autobahn 26.11, Twisted
+26.10 and txredisapi 1.6.0.
+"""
+
+from __future__ import annotations
+
+#: The modules of fws that may name what is listed below: its wire. Anything
+#: else programs against the public APIs (and fws.connection, fws.storage_objects).
+OWNERS = frozenset({
+    "fws.factory",  # the flush: lanes' sockets, Autobahn's prepared messages, its timer
+    "fws.protocol",  # the connection: Autobahn's state, the fast parser, the transport's buffers
+    "fws.reactor",  # the inlined read of the epoll reactor
+    "fws.redis_service",  # txredisapi's protocols, under fws's own connection lifecycle
+    "fws.service",  # the service tree's stop order (MultiService.services)
+    "fws.static",  # twisted.web's File, given a checked path
+    "fws.tap",  # twistd's Options tree
+    "fws.web",  # twisted.web's HTTP channel, bounded like the WebSocket handshake
+})
+
+UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
+    ("autobahn.twisted.websocket.WebSocketAdapterProtocol", "peer", "instance"),  # set in WebSocketAdapterProtocol.connectionMade ("backward compatibility"); borderline
+    ("autobahn.twisted.websocket.WebSocketServerProtocol", "log", "class"),  # shadowed per instance by _DebugOnly in _autobahn_at_debug; relies on it being class-level
+    ("autobahn.util.ObservableMixin", "_listeners", "class"),
+    ("autobahn.util.ObservableMixin", "_results", "instance"),  # set by ObservableMixin.set_valid_events from WebSocketProtocol.__init__; popped by _compact
+    ("autobahn.util.ObservableMixin", "_valid_events", "instance"),  # set by ObservableMixin.set_valid_events from WebSocketProtocol.__init__; popped from __dict__ by _compact
+    ("autobahn.util.ObservableMixin", "set_valid_events", "method"),  # called to restore state _compact dropped; borderline
+    ("autobahn.websocket.protocol", "Utf8Validator", "global"),  # swapped for _no_validator around super()._connectionMade(); saved original made lazily in the utf8validator property
+    ("autobahn.websocket.protocol", "_url_to_origin", "global"),  # swapped for _null_origin around super().processHandshake()
+    ("autobahn.websocket.protocol", "pformat", "global"),  # swapped for _LazyPformat around super()._connectionMade()
+    ("autobahn.websocket.protocol.FrameHeader", "fin", "instance"),  # set in FrameHeader.__init__ (read on self.current_frame)
+    ("autobahn.websocket.protocol.FrameHeader", "length", "instance"),  # set in FrameHeader.__init__ (read on self.current_frame)
+    ("autobahn.websocket.protocol.FrameHeader", "mask", "instance"),  # set in FrameHeader.__init__ (read on self.current_frame)
+    ("autobahn.websocket.protocol.FrameHeader", "rsv", "instance"),  # set in FrameHeader.__init__ (read on self.current_frame)
+    ("autobahn.websocket.protocol.PreparedMessage", "payloadHybi", "instance"),  # set in PreparedMessage.__init__ (from factory.prepareMessage)
+    ("autobahn.websocket.protocol.WebSocketProtocol", "CLOSE_STATUS_CODES_ALLOWED", "class"),  # class attribute temporarily replaced (adds 1014) around super().onCloseFrame()
+    ("autobahn.websocket.protocol.WebSocketProtocol", "STATE_CLOSED", "class"),
+    ("autobahn.websocket.protocol.WebSocketProtocol", "STATE_CLOSING", "class"),
+    ("autobahn.websocket.protocol.WebSocketProtocol", "STATE_CONNECTING", "class"),
+    ("autobahn.websocket.protocol.WebSocketProtocol", "STATE_OPEN", "class"),  # state constant (not in IWebSocketChannel)
+    ("autobahn.websocket.protocol.WebSocketProtocol", "_cancelAutoPingTimeoutCall", "method"),  # called (fast path)
+    ("autobahn.websocket.protocol.WebSocketProtocol", "_connectionMade", "method"),  # overridden; base does the option copy / pformat / Utf8Validator / send_queue
+    ("autobahn.websocket.protocol.WebSocketProtocol", "_dataReceived", "method"),  # overridden (handshake bounding)
+    ("autobahn.websocket.protocol.WebSocketProtocol", "_invalid_payload", "method"),  # called
+    ("autobahn.websocket.protocol.WebSocketProtocol", "_perMessageCompress", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "_protocol_violation", "method"),  # called
+    ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingPending", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingPendingCall", "instance"),  # set in WebSocketProtocol._connectionMade
+    ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingPendingSent", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingPendingSeq", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingTimeoutCall", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "closeHandshakeTimeoutCall", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "closedByMe", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "current_frame", "instance"),  # set in WebSocketServerProtocol.succeedHandshake; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "data", "instance"),  # set in WebSocketProtocol._connectionMade
+    ("autobahn.websocket.protocol.WebSocketProtocol", "dropConnection", "method"),  # overridden and called
+    ("autobahn.websocket.protocol.WebSocketProtocol", "droppedByMe", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "failedByMe", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact; written by fws
+    ("autobahn.websocket.protocol.WebSocketProtocol", "inside_message", "instance"),  # set in WebSocketServerProtocol.succeedHandshake; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "is_closed", "instance"),  # set in WebSocketProtocol.__init__; fws shadows it with a property storing __dict__["_is_closed"]
+    ("autobahn.websocket.protocol.WebSocketProtocol", "localCloseCode", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "localCloseReason", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "onCloseFrame", "method"),  # overridden
+    ("autobahn.websocket.protocol.WebSocketProtocol", "onCloseHandshakeTimeout", "method"),  # scheduled as callback
+    ("autobahn.websocket.protocol.WebSocketProtocol", "onFrameBegin", "method"),  # overridden (frame budget)
+    ("autobahn.websocket.protocol.WebSocketProtocol", "openHandshakeTimeoutCall", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "remoteCloseCode", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "remoteCloseReason", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "sendCloseFrame", "method"),  # called (fws.close)
+    ("autobahn.websocket.protocol.WebSocketProtocol", "sendData", "method"),  # overridden (not a documented hook)
+    ("autobahn.websocket.protocol.WebSocketProtocol", "send_queue", "instance"),  # set in WebSocketProtocol._connectionMade; fws replaces it with () after _connectionMade
+    ("autobahn.websocket.protocol.WebSocketProtocol", "send_state", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "state", "instance"),  # set in WebSocketProtocol._connectionMade
+    ("autobahn.websocket.protocol.WebSocketProtocol", "trackedTimings", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "triggered", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "utf8validator", "instance"),  # set in WebSocketProtocol._connectionMade; fws shadows it with a lazy property
+    ("autobahn.websocket.protocol.WebSocketProtocol", "wasClean", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "wasCloseHandshakeTimeout", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "wasMaxFramePayloadSizeExceeded", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "wasMaxMessagePayloadSizeExceeded", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "wasNotCleanReason", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "wasOpenHandshakeTimeout", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "wasServerConnectionDropTimeout", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "wasServingFlashSocketPolicyFile", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketServerFactory", "_batched_timer", "instance"),  # set in WebSocketServerFactory.__init__; fws replaces it with fws.timers.BucketTimer
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "CONFIG_ATTRS", "class"),  # iterated to bake options onto the protocol class
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "_connectionMade", "method"),  # what super()._connectionMade() resolves to
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "_wskey", "instance"),  # set in WebSocketServerProtocol.processHandshake; popped by _compact (_HANDSHAKE_LEFTOVERS)
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "failHandshake", "method"),  # overridden and called
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_request_data", "instance"),  # set in WebSocketServerProtocol.processHandshake; popped by _compact (_HANDSHAKE_LEFTOVERS)
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_response_data", "instance"),  # set in WebSocketServerProtocol.succeedHandshake; popped by _compact (_HANDSHAKE_LEFTOVERS)
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_status_line", "instance"),  # set in WebSocketServerProtocol.processHandshake; popped by _compact (_HANDSHAKE_LEFTOVERS)
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "processHandshake", "method"),  # overridden
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "websocket_protocol_in_use", "instance"),  # set in WebSocketServerProtocol.succeedHandshake; class default on FwsServerProtocol (_IDLE_DEFAULTS)
+    ("twisted.application.service.MultiService", "services", "instance"),  # set in MultiService.__init__; fws reorders it (HEAD lines 208,209)
+    ("twisted.internet.abstract.FileDescriptor", "_tempDataBuffer", "instance"),  # set in FileDescriptor.__init__
+    ("twisted.internet.abstract.FileDescriptor", "_tempDataLen", "instance"),  # set in FileDescriptor.__init__
+    ("twisted.internet.abstract.FileDescriptor", "_writeDisconnected", "class"),  # class default False; set True by FileDescriptor.doWrite
+    ("twisted.internet.abstract.FileDescriptor", "bufferSize", "class"),
+    ("twisted.internet.abstract.FileDescriptor", "connected", "instance"),  # set in tcp.Server.__init__ (class default FileDescriptor.connected = 0)
+    ("twisted.internet.abstract.FileDescriptor", "dataBuffer", "class"),  # class default b""; rebound on the instance by FileDescriptor.doWrite
+    ("twisted.internet.abstract.FileDescriptor", "disconnected", "class"),  # class default 0; set by FileDescriptor.connectionLost
+    ("twisted.internet.abstract.FileDescriptor", "disconnecting", "class"),  # class default 0; set by FileDescriptor.loseConnection
+    ("twisted.internet.abstract.FileDescriptor", "offset", "class"),  # class default 0; rebound by FileDescriptor.doWrite
+    ("twisted.internet.abstract._ConsumerMixin", "producer", "class"),  # class default None; set by _ConsumerMixin.registerProducer (@ivar of a private mixin)
+    ("twisted.internet.abstract._ConsumerMixin", "producerPaused", "class"),  # class default False; set by FileDescriptor.doWrite/_maybePauseProducer (@ivar of a private mixin)
+    ("twisted.internet.defer.DeferredQueue", "waiting", "instance"),  # set in DeferredQueue.__init__ (on txredisapi.ReplyQueue)
+    ("twisted.internet.epollreactor.EPollReactor", "_poller", "instance"),  # set in EPollReactor.__init__
+    ("twisted.internet.epollreactor.EPollReactor", "_selectables", "instance"),  # set in EPollReactor.__init__
+    ("twisted.internet.epollreactor.EPollReactor", "doIteration", "method"),  # overridden
+    ("twisted.internet.epollreactor.EPollReactor", "doPoll", "method"),  # overridden (re-implemented)
+    ("twisted.internet.main", "CONNECTION_DONE", "global"),  # module documented as for reactor authors only; borderline
+    ("twisted.internet.main", "CONNECTION_LOST", "global"),  # module documented as for reactor authors only; borderline
+    ("twisted.internet.posixbase", "_NO_FILEDESC", "global"),
+    ("twisted.internet.posixbase._DisconnectSelectableMixin", "_disconnectSelectable", "method"),  # called
+    ("twisted.internet.posixbase._PollLikeMixin", "_doReadOrWrite", "method"),  # called; its read path is also mirrored inline at reactor.py:83-101
+    ("twisted.internet.tcp", "Server", "global"),  # exact-class checks (type(t) is tcp.Server); public name, implementation module; borderline
+    ("twisted.internet.tcp.Connection", "protocol", "instance"),  # set in tcp.Connection.__init__
+    ("twisted.internet.tcp.Connection", "socket", "instance"),  # set in tcp.Connection.__init__ (public way: ITCPTransport.getHandle())
+    ("twisted.protocols.basic.LineReceiver", "_buffer", "class"),  # class default b""; rebound by LineReceiver.dataReceived
+    ("twisted.protocols.basic.LineReceiver", "line_mode", "class"),  # class default 1; set by setLineMode/setRawMode (no @ivar)
+    ("twisted.python.usage.Options", "parent", "class"),  # class default None; set by Options.parseOptions on sub-options; borderline
+    ("twisted.web.http.HTTPChannel", "_abortingCall", "class"),  # class default None; set by timeoutConnection
+    ("twisted.web.http.HTTPChannel", "_handlingRequest", "instance"),  # set in HTTPChannel.__init__
+    ("twisted.web.http.HTTPChannel", "_receivedHeaderCount", "class"),  # class default 0; incremented by HTTPChannel.headerReceived
+    ("twisted.web.http.HTTPChannel", "_respondToBadRequestAndDisconnect", "method"),  # overridden
+    ("twisted.web.http.HTTPChannel", "allContentReceived", "method"),  # overridden
+    ("twisted.web.http.HTTPChannel", "forceAbortClient", "method"),  # called
+    ("twisted.web.http.HTTPChannel", "headerReceived", "method"),  # overridden
+    ("twisted.web.http.HTTPChannel", "persistent", "class"),  # class default 1; set by HTTPChannel.allHeadersReceived
+    ("twisted.web.http.HTTPChannel", "requestDone", "method"),  # overridden
+    ("twisted.web.http.HTTPChannel", "requests", "instance"),  # set in HTTPChannel.__init__
+    ("twisted.web.http.Request", "channel", "instance"),  # set in http.Request.__init__; borderline
+    ("twisted.web.resource.Resource", "children", "instance"),  # set in Resource.__init__ (no @ivar); borderline
+    ("twisted.web.static.File", "encoding", "instance"),  # set in File.render_GET (fws presets it in __init__)
+    ("twisted.web.static.File", "type", "class"),  # class default None; set by File.render_GET when None
+    ("txredisapi.BaseRedisProtocol", "_ready", "instance"),  # set in BaseRedisProtocol.__init__/connectionMade
+    ("txredisapi.BaseRedisProtocol", "connected", "instance"),  # set in BaseRedisProtocol.connectionMade (after AUTH/SELECT) and by Twisted"s makeConnection
+    ("txredisapi.BaseRedisProtocol", "execute_command", "method"),  # overridden; called with undocumented apply_timeout=False
+    ("txredisapi.BaseRedisProtocol", "inMulti", "instance"),  # set in BaseRedisProtocol.__init__
+    ("txredisapi.BaseRedisProtocol", "pipelining", "instance"),  # set in BaseRedisProtocol.__init__
+    ("txredisapi.BaseRedisProtocol", "replyQueue", "instance"),  # set in BaseRedisProtocol.__init__
+    ("txredisapi.BaseRedisProtocol", "replyReceived", "method"),  # overridden
+)
+
+__all__ = ["OWNERS", "UPSTREAM_INTERNALS"]
