@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import autobahn.websocket.protocol as _autobahn_protocol
 from autobahn.twisted.websocket import ConnectionDeny, WebSocketServerProtocol
@@ -33,14 +33,49 @@ try:
 except ImportError:  # not a POSIX system: no kernel queue to look at
     fcntl = termios = None  # type: ignore[assignment]
 
+from fws.connection import Server
 from fws.filters.base import Refuse
 from fws.framing import encode_frame, parse_frames
 from fws.limits import CLOSE_POLICY, CLOSE_SLOW_CONSUMER, origin_allowed
 from fws.pipeline import FAILED, current_message_binary, run_chain
 
 if TYPE_CHECKING:
-    from fws.factory import FwsServerFactory
+    from fws.limits import Limits
+    from fws.metrics import Stats
+    from fws.pipeline import FilterPipeline
     from fws.storage_objects import StorageObject
+
+
+class ConnectionHost(Server, Protocol):
+    """
+    What a connection calls on the server it belongs to (the factory).
+
+    Declared here, below the server, so that the wire imports nothing above
+    it: the factory imports this module and satisfies this interface, which
+    mypy checks where the two meet (:func:`fws.service.make_service`). On top
+    of the public :class:`fws.connection.Server`: the counters, limits and
+    pipeline a connection consults, the registry it joins and leaves, and the
+    flush it hands its frames to.
+    """
+
+    stats: Stats
+    limits: Limits
+    pipeline: FilterPipeline
+    reactor: Any
+    log_connections: bool
+    connections: set[FwsServerProtocol]
+    per_ip: dict[str, int]
+    closing: tuple[int, str] | None
+    #: Autobahn's batched timer (fws.timers.BucketTimer in fws).
+    _batched_timer: Any
+
+    @property
+    def users(self) -> dict[str, FwsServerProtocol]: ...
+
+    def register(self, conn: FwsServerProtocol) -> None: ...
+    def unregister(self, conn: FwsServerProtocol) -> None: ...
+    def mark_dirty(self, lane: Lane) -> None: ...
+    def disconnect_finished(self, result: Any, conn: FwsServerProtocol) -> Any: ...
 
 #: While more messages than this wait behind an asynchronous filter, the
 #: connection stops reading from its socket (TCP backpressure to the client).
@@ -224,7 +259,7 @@ class FwsServerProtocol(WebSocketServerProtocol):
     """
 
     _log = Logger()  # Autobahn owns ``self.log``
-    factory: FwsServerFactory
+    factory: ConnectionHost
 
     id: str = ""
     token: str | None = None
@@ -1084,9 +1119,13 @@ class FwsServerProtocol(WebSocketServerProtocol):
                 self.transport.resumeProducing()
 
     def _run_disconnect(self, info: CloseInfo) -> Any:
-        return run_chain(
+        """The disconnect chain; the factory hears when it is over (a graceful stop waits)."""
+        outcome = run_chain(
             self.factory.pipeline.disconnect, self, info, event="disconnect", conn_id=self.id
         )
+        if outcome is not None and isinstance(outcome, Deferred):
+            return outcome.addBoth(self.factory.disconnect_finished, self)
+        return self.factory.disconnect_finished(outcome, self)
 
 
 for _name, _value in _IDLE_DEFAULTS.items():

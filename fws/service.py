@@ -26,7 +26,7 @@ from fws.config import Config, ConfigError, load_storage_module
 from fws.connection import Connection, Server
 from fws.factory import FwsServerFactory
 from fws.pipeline import FilterPipeline, load_pipeline
-from fws.protocol import FwsServerProtocol
+from fws.protocol import ConnectionHost, FwsServerProtocol
 from fws.storage_objects import StorageObject, complete
 
 log = Logger()
@@ -288,9 +288,14 @@ def _one_line(e: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _keeps_the_public_api(conn: FwsServerProtocol, server: FwsServerFactory) -> tuple[Connection, Server]:
-    """Never called: mypy checks here that fws's objects satisfy :mod:`fws.connection`."""
-    return conn, server
+def _keeps_the_promises(conn: FwsServerProtocol,
+                        server: FwsServerFactory) -> tuple[Connection, Server, ConnectionHost]:
+    """
+    Never called: mypy checks here that fws's objects satisfy the public API
+    (:mod:`fws.connection`) and that the factory is what a connection needs
+    of its server (:class:`fws.protocol.ConnectionHost`).
+    """
+    return conn, server, server
 
 
 def make_service(
