@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from twisted.application.service import MultiService, Service
@@ -137,6 +138,10 @@ class _Drain(Service):
     Closes every client (1001) when stopped, and waits for them (up to
     ``config.stop_timeout``): a child of :class:`FwsService` between the
     WebSocket listener and storage, so that is where the drain comes.
+
+    Waited for means unregistered with its disconnect chain finished
+    (:meth:`FwsServerFactory.close_all`), not merely disconnected: storage,
+    stopped next, must still work for disconnect filters that write to it.
     """
 
     def __init__(self, root: FwsService) -> None:
@@ -174,9 +179,10 @@ class FwsService(MultiService):
     do, but one after the other (each waits for the one before): a child
     added to the tree is stopped first, then, ``/readyz`` having turned 503
     (draining), the listener stops accepting, every client is closed with 1001
-    and waited for (``_Drain``), storage stops, so nothing a filter does
-    during the close handshakes finds storage gone, and the admin endpoint
-    closes last (it is the first child, see :meth:`add_admin`), so that health
+    and waited for, its disconnect chain included (``_Drain``), storage
+    stops, so nothing a filter does during the close handshakes or in the
+    disconnect chain finds storage gone, and the admin endpoint
+    closes last (it is the first child), so that health
     checks see the drain.
 
     :ivar metrics: The Prometheus registry (:class:`fws.metrics.FwsMetrics`)
@@ -186,7 +192,8 @@ class FwsService(MultiService):
 
     def __init__(self, config: Config, factory: FwsServerFactory, storage: StorageObject,
                  listener: ListeningService, *, metrics: Any = None,
-                 heartbeat: Any = None) -> None:
+                 heartbeat: Any = None,
+                 admin: Callable[[FwsService], ListeningService] | None = None) -> None:
         super().__init__()
         self.config = config
         self.factory = factory
@@ -197,18 +204,16 @@ class FwsService(MultiService):
         self.metrics = metrics
         self.heartbeat = heartbeat
         self.draining = False
+        # Children stop in reverse order: the admin endpoint (made for this service,
+        # whose readiness it answers) is added first so that it closes last.
+        if admin is not None:
+            self.admin = admin(self)
+            self.admin.setServiceParent(self)
         if heartbeat is not None:
             _HeartbeatService(heartbeat).setServiceParent(self)
         storage.setServiceParent(self)
         _Drain(self).setServiceParent(self)
         listener.setServiceParent(self)
-
-    def add_admin(self, admin: ListeningService) -> None:
-        """Add the admin endpoint's listener as the first child: up first, closed last."""
-        self.admin = admin
-        admin.setServiceParent(self)
-        self.services.remove(admin)
-        self.services.insert(0, admin)
 
     def privilegedStartService(self) -> None:
         try:
@@ -337,20 +342,22 @@ def make_service(
 
         heartbeat = Heartbeat(reactor)
     listener = ListeningService(endpoints, factory)
+    admin = None
+    if admin_endpoints:
+        from fws.web import admin_site
+
+        def admin(service: FwsService) -> ListeningService:
+            return ListeningService(admin_endpoints, admin_site(service, metrics), name="admin",
+                                    what="fws admin (/healthz /readyz /metrics)")
+
     service = FwsService(config, factory, storage, listener, metrics=metrics,
-                         heartbeat=heartbeat)
+                         heartbeat=heartbeat, admin=admin)
     # The HTTP sites answer for the whole service (readiness), so they come after it.
     if config.public_http:
         from fws.web import public_site
 
         listener.factory = public_site(factory, service, config.static, config.public_health,
                                        metrics if config.public_metrics else None)
-    if admin_endpoints:
-        from fws.web import admin_site
-
-        service.add_admin(ListeningService(admin_endpoints, admin_site(service, metrics),
-                                           name="admin",
-                                           what="fws admin (/healthz /readyz /metrics)"))
     if metrics is not None:
         metrics.watch(factory, service)
     return service

@@ -29,7 +29,6 @@ OWNERS = frozenset({
     "fws.protocol",  # the connection: Autobahn's state, the fast parser, the transport's buffers
     "fws.reactor",  # the inlined read of the epoll reactor
     "fws.redis_service",  # txredisapi's protocols, under fws's own connection lifecycle
-    "fws.service",  # the service tree's stop order (MultiService.services)
     "fws.static",  # twisted.web's File, given a checked path
     "fws.tap",  # twistd's Options tree
     "fws.web",  # twisted.web's HTTP channel, bounded like the WebSocket handshake
@@ -109,7 +108,6 @@ UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_status_line", "instance"),  # set in WebSocketServerProtocol.processHandshake; popped by _compact (_HANDSHAKE_LEFTOVERS)
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "processHandshake", "method"),  # overridden
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "websocket_protocol_in_use", "instance"),  # set in WebSocketServerProtocol.succeedHandshake; class default on FwsServerProtocol (_IDLE_DEFAULTS)
-    ("twisted.application.service.MultiService", "services", "instance"),  # set in MultiService.__init__; fws reorders it (HEAD lines 208,209)
     ("twisted.internet.abstract.FileDescriptor", "_tempDataBuffer", "instance"),  # set in FileDescriptor.__init__
     ("twisted.internet.abstract.FileDescriptor", "_tempDataLen", "instance"),  # set in FileDescriptor.__init__
     ("twisted.internet.abstract.FileDescriptor", "_writeDisconnected", "class"),  # class default False; set True by FileDescriptor.doWrite
