@@ -214,6 +214,14 @@ class _QuietSite(Site):
         return "fws-http"
 
 
+def _positive(value: bytes) -> bool:
+    """A Content-Length above zero (one that is not a number is twisted.web's 400)."""
+    try:
+        return int(value.strip()) > 0
+    except ValueError:
+        return False
+
+
 class _BoundedChannel(HTTPChannel):
     """
     twisted.web's HTTP channel, held to the limits of the WebSocket handshake.
@@ -223,7 +231,8 @@ class _BoundedChannel(HTTPChannel):
     by every byte, so a client sending a byte a second keeps a socket for
     ever. Here a request's head is refused with 431 over
     ``--max-handshake-size`` bytes or ``--max-handshake-headers`` headers, with
-    400 when it cannot be HTTP, one log line each (as the WebSocket port's
+    400 when it cannot be HTTP, a request with a body with 413 (static files,
+    health and metrics take none), one log line each (as the WebSocket port's
     refusals); and a request must be complete within
     ``--open-handshake-timeout`` seconds of the connection being ready for it
     (connected, or done with the previous response: idle keep-alive
@@ -309,6 +318,14 @@ class _BoundedChannel(HTTPChannel):
             return False
         if self._receivedHeaderCount >= self.maxHeaders:
             self._too_large("max_handshake_headers")
+            return False
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"transfer-encoding" or (name == b"content-length" and _positive(value)):
+            # Nothing on this port takes a body, and twisted.web would store one of
+            # any size (in a temporary file past 100 KB) within the deadline.
+            self.factory.websocket_factory.stats.hit("request_body")
+            self._refuse(413, "Content Too Large", "this port takes no request body")
             return False
         return bool(super().headerReceived(line))
 

@@ -249,6 +249,16 @@ def test_only_get_and_head(site: Site) -> None:
             assert allowed == {"GET", "HEAD"}, (method, path)
 
 
+def test_request_bodies_are_refused_before_they_are_read(site: Site) -> None:
+    """twisted.web would store a body of any size (in a temporary file) on this port."""
+    for headers in ({"Content-Length": "1000000000"}, {"Transfer-Encoding": "chunked"}):
+        for method in ("POST", "GET"):
+            r = site.get("/index.html", method=method, headers=headers)
+            assert r.status == 413, (method, headers)
+            assert r.headers.get("connection") == "close"
+    assert site.get("/index.html", headers={"Content-Length": "0"}).status == 200
+
+
 # --- what else the port does ----------------------------------------------------------------
 
 
