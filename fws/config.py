@@ -158,6 +158,10 @@ CORE_OPTIONS: tuple[Option, ...] = (
            "BYTES"),
     Option("max_connections", "most open connections; more are refused with HTTP 503 (0: no "
            "limit)", "int", 10000, (), "N"),
+    Option("max_pending_handshakes", "TCP connections accepted beyond --max-connections: open "
+           "and in-handshake connections together are capped at the sum, and a connection over "
+           "it is closed as soon as it is accepted (the room a full server needs to answer 503; "
+           "no cap with --max-connections 0)", "int", 1000, (), "N"),
     Option("max_connections_per_ip", "most open connections per client address; more are "
            "refused with HTTP 429 (0: no limit)", "int", 0, (), "N"),
     Option("trusted_proxies", "addresses or networks of reverse proxies whose X-Forwarded-For "

@@ -26,6 +26,8 @@ from fws.timers import BucketTimer
 
 #: ``_flush_call`` while a flush waits in the reactor's after-I/O list.
 _AFTER_IO = object()
+#: Seconds between the summary lines while TCP connections are closed at accept.
+ACCEPT_LOG_INTERVAL = 5.0
 
 
 class FwsServerFactory(WebSocketServerFactory):
@@ -89,6 +91,9 @@ class FwsServerFactory(WebSocketServerFactory):
         #: The members' lanes, group by group, in the same order (see ``_lanes``).
         self._group_lanes: dict[str, dict[str, Lane]] = {}
         self.connections: set[FwsServerProtocol] = set()
+        #: Connections closed at accept since the last log line; None: no run going on.
+        self._accept_refusals: int | None = None
+        self._accept_log_call: Any = None
         self._ids = itertools.count(1)
         self._consumer_backlog: deque[tuple[str, bytes, str | None]] | None = None
         #: (close code, reason) once close_all has run: what connections that
@@ -142,6 +147,9 @@ class FwsServerFactory(WebSocketServerFactory):
     def stopFactory(self) -> None:
         if self._idle_sweep is not None and self._idle_sweep.running:
             self._idle_sweep.stop()
+        if self._accept_log_call is not None and self._accept_log_call.active():
+            self._accept_log_call.cancel()
+        self._accept_log_call = self._accept_refusals = None
         super().stopFactory()
 
     def _close_idle(self) -> None:
@@ -154,10 +162,54 @@ class FwsServerFactory(WebSocketServerFactory):
                 self.stats.hit("idle_timeout")
                 conn.close(CLOSE_IDLE, "idle timeout")
 
-    def buildProtocol(self, addr: Any) -> FwsServerProtocol:  # type: ignore[override]
+    def buildProtocol(self, addr: Any) -> FwsServerProtocol | None:  # type: ignore[override]
+        """
+        A connection for a TCP connection just accepted, or ``None`` (Twisted
+        then closes the socket at once) when ``connections``, open and
+        in-handshake alike, are at ``max_connections + max_pending_handshakes``.
+
+        The 503 of the handshake counts open users only, so without this any
+        number of clients could sit in their opening handshake, each holding
+        a file descriptor until ``--open-handshake-timeout``: a flood of idle
+        sockets ran the process out of descriptors and locked everyone out.
+        """
+        limits = self.limits
+        cap = limits.max_connections
+        if cap and len(self.connections) >= cap + limits.max_pending_handshakes:
+            self._refuse_accept()
+            return None
         proto: FwsServerProtocol = super().buildProtocol(addr)  # type: ignore[assignment]
         proto.id = f"{self.node_id}-{next(self._ids)}"
         return proto
+
+    def _refuse_accept(self) -> None:
+        """
+        Count a TCP connection closed at accept; log the first of a run, then
+        one summary line per :data:`ACCEPT_LOG_INTERVAL` while they go on (a
+        flood of sockets makes a few lines, not one per socket).
+        """
+        self.stats.hit("max_connections")
+        if self._accept_refusals is not None:
+            self._accept_refusals += 1
+            return
+        self._accept_refusals = 0
+        self._log.warn("connection cap reached ({count} connections open or in their handshake, "
+                       "--max-connections {cap} + --max-pending-handshakes {pending}): closing "
+                       "new TCP connections as they are accepted", count=len(self.connections),
+                       cap=self.limits.max_connections, pending=self.limits.max_pending_handshakes)
+        self._accept_log_call = self.reactor.callLater(ACCEPT_LOG_INTERVAL, self._accept_summary)
+
+    def _accept_summary(self) -> None:
+        count = self._accept_refusals or 0
+        if not count:
+            self._accept_refusals = self._accept_log_call = None
+            return  # the run is over; its next refusal logs a first line again
+        self._log.warn("connection cap: closed {count} more TCP connection{s} at accept in the "
+                       "last {seconds:g} s ({open} open or in their handshake)", count=count,
+                       s="" if count == 1 else "s", seconds=ACCEPT_LOG_INTERVAL,
+                       open=len(self.connections))
+        self._accept_refusals = 0
+        self._accept_log_call = self.reactor.callLater(ACCEPT_LOG_INTERVAL, self._accept_summary)
 
     # --- registry -------------------------------------------------------------------------
 

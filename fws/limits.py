@@ -38,6 +38,11 @@ class Limits:
     max_message_size: int = MiB
     max_frame_size: int = MiB
     max_connections: int = 10000
+    #: TCP connections accepted beyond ``max_connections``: open and in-handshake
+    #: connections together are capped at the sum, checked as each is accepted,
+    #: so idle sockets cannot take every file descriptor, and a server whose
+    #: users fill ``max_connections`` still has room to answer 503.
+    max_pending_handshakes: int = 1000
     max_connections_per_ip: int = 0
     trusted_proxies: tuple[Network, ...] = ()
     max_message_rate: float = 1000.0
@@ -122,7 +127,8 @@ def limits_from_options(values: Mapping[str, Any]) -> Limits:
     """Validate the limit options of a resolved configuration."""
     defaults = Limits()
     merged = {name: values.get(name, getattr(defaults, name)) for name in (
-        "max_message_size", "max_frame_size", "max_connections", "max_connections_per_ip",
+        "max_message_size", "max_frame_size", "max_connections", "max_pending_handshakes",
+        "max_connections_per_ip",
         "max_message_rate", "message_burst", "open_handshake_timeout", "max_send_buffer",
         "ping_interval", "ping_timeout", "idle_timeout", "filter_timeout", "drain_period",
         "max_groups_per_connection", "max_handshake_size", "max_handshake_headers")}
@@ -154,6 +160,7 @@ def limits_from_options(values: Mapping[str, Any]) -> Limits:
         max_message_size=int(merged["max_message_size"]),
         max_frame_size=int(merged["max_frame_size"]),
         max_connections=int(merged["max_connections"]),
+        max_pending_handshakes=int(merged["max_pending_handshakes"]),
         max_connections_per_ip=int(merged["max_connections_per_ip"]),
         trusted_proxies=tuple(proxies),
         max_message_rate=rate,
