@@ -47,6 +47,7 @@ class FwsServerFactory(WebSocketServerFactory):
     :ivar users: id -> open connection; what ``web_socket_instance.users`` is.
     :ivar groups: token group name -> {id: connection}, local members only.
     :ivar connections: every connection, open or still in its handshake.
+    :ivar finishing: connections closed whose disconnect chain has not finished.
     """
 
     protocol = FwsServerProtocol  # type: ignore[assignment]
@@ -94,6 +95,13 @@ class FwsServerFactory(WebSocketServerFactory):
         #: Connections closed at accept since the last log line; None: no run going on.
         self._accept_refusals: int | None = None
         self._accept_log_call: Any = None
+        #: Connections gone from ``connections`` whose disconnect chain still runs
+        #: (an asynchronous filter, or one queued behind the message chain).
+        self.finishing: set[FwsServerProtocol] = set()
+        #: While :meth:`close_all` waits: connection -> what fires once it is gone
+        #: and its disconnect chain has finished (see :meth:`_settled`).
+        self._gone: dict[FwsServerProtocol, Deferred[None]] | None = None
+        self._past_deadline = False
         self._ids = itertools.count(1)
         self._consumer_backlog: deque[tuple[str, bytes, str | None]] | None = None
         #: (close code, reason) once close_all has run: what connections that
@@ -233,6 +241,42 @@ class FwsServerFactory(WebSocketServerFactory):
             else:
                 self.per_ip.pop(ip, None)
         self.leave_group(conn)
+        if self.pipeline.disconnect:
+            # onClose runs the disconnect chain next (or queues it behind the message
+            # chain); until disconnect_finished, close_all waits for it.
+            self.finishing.add(conn)
+        self._settled(conn)
+
+    def disconnect_finished(self, result: Any, conn: FwsServerProtocol) -> Any:
+        """``conn``'s disconnect chain has finished; passes ``result`` on (a callback)."""
+        self.finishing.discard(conn)
+        self._settled(conn)
+        return result
+
+    def _closed(self, result: Any, conn: FwsServerProtocol) -> Any:
+        """``conn``'s ``is_closed`` fired (a callback that passes ``result`` on)."""
+        self._settled(conn)
+        return result
+
+    def _settled(self, conn: FwsServerProtocol) -> None:
+        """
+        Fire :meth:`close_all`'s wait for ``conn`` if it is over: the
+        connection is closed, no longer a user, and its disconnect chain is
+        done (past the stop deadline, closed and unregistered is enough: no
+        filter holds the stop beyond it).
+
+        Autobahn fires ``is_closed`` before ``onClose``; an open connection
+        is still in ``users`` then, and is settled by :meth:`unregister` or
+        :meth:`disconnect_finished` instead.
+        """
+        gone = self._gone
+        if not gone or conn not in gone or conn.state != conn.STATE_CLOSED:
+            return
+        if self.users.get(conn.id) is conn:
+            return
+        if conn in self.finishing and not self._past_deadline:
+            return
+        gone.pop(conn).callback(None)
 
     def join_group(self, conn: FwsServerProtocol, name: str) -> None:
         """Put ``conn`` in token group ``name``, leaving any group it was in."""
@@ -493,7 +537,8 @@ class FwsServerFactory(WebSocketServerFactory):
         drain_period: float = 0.0,
     ) -> Deferred[None]:
         """
-        Close every connection and fire once all are gone.
+        Close every connection and fire once all are gone, their disconnect
+        chains included.
 
         Open connections get a close frame with ``code``, spread evenly over
         ``drain_period`` seconds so that clients do not all reconnect at the
@@ -509,12 +554,34 @@ class FwsServerFactory(WebSocketServerFactory):
         ``timeout`` allows. Whatever is still connected ``drain_period +
         timeout`` seconds after the call (``timeout`` after the last close
         frame at the latest) is aborted, with one log line for all of them.
+
+        "Gone" is after ``connectionLost``, not Autobahn's ``is_closed``
+        (which fires when Autobahn drops the TCP connection, before
+        ``onClose``): the connection has left ``users`` and its group, and
+        its disconnect chain has finished, asynchronous filters too (each
+        bounded by ``--filter-timeout`` when set). What runs after this
+        fires (the service tree stops storage next) therefore finds no user
+        registered and no disconnect filter still writing to storage;
+        connections that closed by themselves just before the call and are
+        still in their disconnect chain are waited for as well. At the
+        deadline a disconnect chain still running is no longer waited for.
         """
         self.closing = (code, reason)
         conns = list(self.connections)
-        if not conns:
+        waiting = conns + [conn for conn in self.finishing if conn not in self.connections]
+        if not waiting:
             return succeed(None)
-        waits = [conn.is_closed for conn in conns]
+        gone = self._gone
+        if gone is None:
+            gone = self._gone = {}
+            self._past_deadline = False
+        waits = []
+        for conn in waiting:
+            wait = gone.get(conn)
+            if wait is None:
+                wait = gone[conn] = Deferred()
+                conn.is_closed.addBoth(self._closed, conn)  # may settle it at once
+            waits.append(wait)
         opened = [conn for conn in conns if conn.state == conn.STATE_OPEN]
         steps = max(1, min(len(opened), int(drain_period / 0.05))) if drain_period > 0 else 1
         per_step = -(-len(opened) // steps)
@@ -524,9 +591,17 @@ class FwsServerFactory(WebSocketServerFactory):
                 delay = drain_period * step / steps
                 self.reactor.callLater(delay, self._close_batch, batch, code, reason)
         done: Deferred[None] = DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
-        timer = self.reactor.callLater(drain_period + timeout, self._abort_remaining, conns)
-        done.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+        timer = self.reactor.callLater(drain_period + timeout, self._abort_remaining, waiting)
+        done.addBoth(self._waited, timer)
         return done
+
+    def _waited(self, result: Any, timer: Any) -> Any:
+        """close_all's wait is over: no deadline to keep, nothing to wait for."""
+        if timer.active():
+            timer.cancel()
+        if not self._gone:
+            self._gone = None
+        return result
 
     @staticmethod
     def _close_batch(batch: list[FwsServerProtocol], code: int, reason: str) -> None:
@@ -535,19 +610,29 @@ class FwsServerFactory(WebSocketServerFactory):
 
     def _abort_remaining(self, conns: list[FwsServerProtocol]) -> None:
         """
-        The stop timeout is up: abort what is still connected, and say so in
-        one line (a thousand slow clients make one event, not a thousand lines).
+        The stop timeout is up: abort what is still connected, stop waiting
+        for disconnect chains still running, and say so in one line (a
+        thousand slow clients make one event, not a thousand lines).
         """
+        self._past_deadline = True
         late = [conn for conn in conns if conn in self.connections and conn.transport is not None]
-        if not late:
-            return
-        unsent = [sum(unsent_bytes(conn.transport)) for conn in late]
-        receiving = sum(1 for n in unsent if n)
-        ids = ", ".join(conn.id for conn in late[:5]) + (", ..." if len(late) > 5 else "")
-        self._log.warn(
-            "stop timeout: aborting {count} connection{s} still open ({receiving} with "
-            "{unsent} bytes not yet delivered, {waiting} waiting for the close handshake): "
-            "{ids}", count=len(late), s="" if len(late) == 1 else "s",
-            receiving=receiving, unsent=sum(unsent), waiting=len(late) - receiving, ids=ids)
+        chains = sum(1 for conn in conns if conn in self.finishing and conn not in self.connections)
+        if late:
+            unsent = [sum(unsent_bytes(conn.transport)) for conn in late]
+            receiving = sum(1 for n in unsent if n)
+            ids = ", ".join(conn.id for conn in late[:5]) + (", ..." if len(late) > 5 else "")
+            self._log.warn(
+                "stop timeout: aborting {count} connection{s} still open ({receiving} with "
+                "{unsent} bytes not yet delivered, {waiting} waiting for the close handshake)"
+                "{chains}: {ids}", count=len(late), s="" if len(late) == 1 else "s",
+                receiving=receiving, unsent=sum(unsent), waiting=len(late) - receiving,
+                chains=f"; {chains} disconnect chain{'' if chains == 1 else 's'} still running"
+                if chains else "", ids=ids)
+        elif chains:
+            self._log.warn("stop timeout: {count} disconnect chain{s} still running; not waiting "
+                           "for {them}", count=chains, s="" if chains == 1 else "s",
+                           them="it" if chains == 1 else "them")
         for conn in late:
             conn.transport.abortConnection()
+        for conn in conns:  # those only in their disconnect chain are released now
+            self._settled(conn)
