@@ -92,6 +92,12 @@ class FwsServerFactory(WebSocketServerFactory):
         #: The members' lanes, group by group, in the same order (see ``_lanes``).
         self._group_lanes: dict[str, dict[str, Lane]] = {}
         self.connections: set[FwsServerProtocol] = set()
+        #: HTTP connections of the port's twisted.web site (fws.web) not taken
+        #: over by a WebSocket: they count towards the accept cap with ``connections``.
+        self.http_channels = 0
+        #: TCP peer address -> its connections in their handshake or plain HTTP
+        #: (what ``--max-pending-per-ip`` bounds at accept).
+        self.pending_per_ip: dict[str, int] = {}
         #: Connections closed at accept since the last log line; None: no run going on.
         self._accept_refusals: int | None = None
         self._accept_log_call: Any = None
@@ -173,38 +179,89 @@ class FwsServerFactory(WebSocketServerFactory):
     def buildProtocol(self, addr: Any) -> FwsServerProtocol | None:  # type: ignore[override]
         """
         A connection for a TCP connection just accepted, or ``None`` (Twisted
-        then closes the socket at once) when ``connections``, open and
-        in-handshake alike, are at ``max_connections + max_pending_handshakes``.
-
-        The 503 of the handshake counts open users only, so without this any
-        number of clients could sit in their opening handshake, each holding
-        a file descriptor until ``--open-handshake-timeout``: a flood of idle
-        sockets ran the process out of descriptors and locked everyone out.
+        then closes the socket at once) when :meth:`admit` refuses it.
         """
-        limits = self.limits
-        cap = limits.max_connections
-        if cap and len(self.connections) >= cap + limits.max_pending_handshakes:
-            self._refuse_accept()
+        if not self.admit(addr):
             return None
+        return self.build(addr)
+
+    def build(self, addr: Any) -> FwsServerProtocol:
+        """A connection, without the accept cap (a connection twisted.web hands over has passed it)."""
         proto: FwsServerProtocol = super().buildProtocol(addr)  # type: ignore[assignment]
         proto.id = f"{self.node_id}-{next(self._ids)}"
         return proto
 
-    def _refuse_accept(self) -> None:
+    def admit(self, addr: Any) -> bool:
+        """
+        Whether a TCP connection just accepted may stay: the accept cap of this
+        factory's port and of the HTTP site that shares it (:mod:`fws.web`).
+
+        Refused when ``connections`` (open and in-handshake alike) plus the
+        HTTP channels not yet taken over by a WebSocket (``http_channels``) are
+        at ``max_connections + max_pending_handshakes``, or when the TCP peer
+        already has ``max_pending_per_ip`` connections in their handshake (or
+        plain HTTP ones) and is not a trusted proxy.
+
+        The 503 of the handshake counts open users only, so without this any
+        number of clients could sit in their opening handshake, each holding
+        a file descriptor until ``--open-handshake-timeout``: a flood of idle
+        sockets ran the process out of descriptors and locked everyone out;
+        and without the per-address bound one address could take all of the
+        pending headroom.
+        """
+        limits = self.limits
+        cap = limits.max_connections
+        if cap and len(self.connections) + self.http_channels >= cap + limits.max_pending_handshakes:
+            self._refuse_accept("max_connections")
+            return False
+        most = limits.max_pending_per_ip
+        if most:
+            host = getattr(addr, "host", None)
+            if (host is not None and self.pending_per_ip.get(host, 0) >= most
+                    and not limits.is_trusted_proxy(host)):
+                self._refuse_accept("max_pending_per_ip", host)
+                return False
+        return True
+
+    def pending_started(self, host: str | None) -> None:
+        """A connection from ``host`` (a TCP peer address) is in its handshake, or plain HTTP."""
+        if host is not None:
+            self.pending_per_ip[host] = self.pending_per_ip.get(host, 0) + 1
+
+    def pending_ended(self, host: str | None) -> None:
+        """The connection of :meth:`pending_started` opened, was handed over, or was lost."""
+        if host is None:
+            return
+        left = self.pending_per_ip.get(host, 1) - 1
+        if left > 0:
+            self.pending_per_ip[host] = left
+        else:
+            self.pending_per_ip.pop(host, None)
+
+    def _refuse_accept(self, limit: str, host: str | None = None) -> None:
         """
         Count a TCP connection closed at accept; log the first of a run, then
         one summary line per :data:`ACCEPT_LOG_INTERVAL` while they go on (a
         flood of sockets makes a few lines, not one per socket).
         """
-        self.stats.hit("max_connections")
+        self.stats.hit(limit)
         if self._accept_refusals is not None:
             self._accept_refusals += 1
             return
         self._accept_refusals = 0
-        self._log.warn("connection cap reached ({count} connections open or in their handshake, "
-                       "--max-connections {cap} + --max-pending-handshakes {pending}): closing "
-                       "new TCP connections as they are accepted", count=len(self.connections),
-                       cap=self.limits.max_connections, pending=self.limits.max_pending_handshakes)
+        if limit == "max_pending_per_ip":
+            self._log.warn("connection cap reached for {host} ({count} of its connections in "
+                           "their handshake, --max-pending-per-ip {most}): closing its new TCP "
+                           "connections as they are accepted", host=host,
+                           count=self.pending_per_ip.get(host or "", 0),
+                           most=self.limits.max_pending_per_ip)
+        else:
+            self._log.warn("connection cap reached ({count} connections open or in their "
+                           "handshake, --max-connections {cap} + --max-pending-handshakes "
+                           "{pending}): closing new TCP connections as they are accepted",
+                           count=len(self.connections) + self.http_channels,
+                           cap=self.limits.max_connections,
+                           pending=self.limits.max_pending_handshakes)
         self._accept_log_call = self.reactor.callLater(ACCEPT_LOG_INTERVAL, self._accept_summary)
 
     def _accept_summary(self) -> None:
@@ -215,7 +272,7 @@ class FwsServerFactory(WebSocketServerFactory):
         self._log.warn("connection cap: closed {count} more TCP connection{s} at accept in the "
                        "last {seconds:g} s ({open} open or in their handshake)", count=count,
                        s="" if count == 1 else "s", seconds=ACCEPT_LOG_INTERVAL,
-                       open=len(self.connections))
+                       open=len(self.connections) + self.http_channels)
         self._accept_refusals = 0
         self._accept_log_call = self.reactor.callLater(ACCEPT_LOG_INTERVAL, self._accept_summary)
 

@@ -44,6 +44,10 @@ class Limits:
     #: users fill ``max_connections`` still has room to answer 503.
     max_pending_handshakes: int = 1000
     max_connections_per_ip: int = 0
+    #: TCP connections from one address that may be at once in their opening
+    #: handshake (or, on the HTTP port, plain HTTP connections), checked as each
+    #: is accepted by the TCP peer address; trusted proxies are exempt. 0: no limit.
+    max_pending_per_ip: int = 100
     trusted_proxies: tuple[Network, ...] = ()
     max_message_rate: float = 1000.0
     message_burst: int = 2000
@@ -128,7 +132,7 @@ def limits_from_options(values: Mapping[str, Any]) -> Limits:
     defaults = Limits()
     merged = {name: values.get(name, getattr(defaults, name)) for name in (
         "max_message_size", "max_frame_size", "max_connections", "max_pending_handshakes",
-        "max_connections_per_ip",
+        "max_connections_per_ip", "max_pending_per_ip",
         "max_message_rate", "message_burst", "open_handshake_timeout", "max_send_buffer",
         "ping_interval", "ping_timeout", "idle_timeout", "filter_timeout", "drain_period",
         "max_groups_per_connection", "max_handshake_size", "max_handshake_headers")}
@@ -162,6 +166,7 @@ def limits_from_options(values: Mapping[str, Any]) -> Limits:
         max_connections=int(merged["max_connections"]),
         max_pending_handshakes=int(merged["max_pending_handshakes"]),
         max_connections_per_ip=int(merged["max_connections_per_ip"]),
+        max_pending_per_ip=int(merged["max_pending_per_ip"]),
         trusted_proxies=tuple(proxies),
         max_message_rate=rate,
         message_burst=burst,

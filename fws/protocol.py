@@ -74,6 +74,8 @@ class ConnectionHost(Server, Protocol):
 
     def register(self, conn: FwsServerProtocol) -> None: ...
     def unregister(self, conn: FwsServerProtocol) -> None: ...
+    def pending_started(self, host: str | None) -> None: ...
+    def pending_ended(self, host: str | None) -> None: ...
     def mark_dirty(self, lane: Lane) -> None: ...
     def disconnect_finished(self, result: Any, conn: FwsServerProtocol) -> Any: ...
 
@@ -755,6 +757,9 @@ class FwsServerProtocol(WebSocketServerProtocol):
         self._fast_limit = min(limits.max_message_size, limits.max_frame_size)
         peer = self.transport.getPeer()
         self.client_ip = str(getattr(peer, "host", None) or getattr(peer, "name", None) or "local")
+        # In its handshake until onOpen or connectionLost (--max-pending-per-ip, at accept).
+        self._pending_host = getattr(peer, "host", None)
+        self.factory.pending_started(self._pending_host)
         self._direct = can_write_directly(self.transport)
         # The transport pauses this producer when its buffer is full and resumes
         # it when the buffer has drained: that is how fws knows a client is not reading.
@@ -770,6 +775,7 @@ class FwsServerProtocol(WebSocketServerProtocol):
             self._drain_call.cancel()
             self._drain_call = None
         self.factory.connections.discard(self)
+        self._end_pending()
         super().connectionLost(reason)
         # No reference cycle may outlive the connection: with thousands of
         # connections closing, only the cycle collector would free them, and
@@ -870,8 +876,14 @@ class FwsServerProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(error.status, error.reason or "")
         failure.raiseException()
 
+    def _end_pending(self) -> None:
+        host = self.__dict__.pop("_pending_host", None)
+        if host is not None:
+            self.factory.pending_ended(host)
+
     def onOpen(self) -> None:
         self._opened = True
+        self._end_pending()
         factory = self.factory
         factory.stats.opened += 1
         if factory.log_connections:

@@ -148,6 +148,17 @@ def _wants_websocket(request: Any) -> bool:
     return upgrade is not None and upgrade.strip().lower() == b"websocket"
 
 
+class _Handover:
+    """
+    What ``WebSocketResource`` builds its connection with: the fws factory
+    without the accept cap, which the HTTP connection has passed already
+    (:meth:`_PublicSite.buildProtocol`).
+    """
+
+    def __init__(self, factory: Any) -> None:
+        self.buildProtocol = factory.build
+
+
 class _TakeOver(Resource):
     """
     Autobahn's ``WebSocketResource``, minus the HTTP channel's idle timeout
@@ -158,7 +169,7 @@ class _TakeOver(Resource):
 
     def __init__(self, factory: Any) -> None:
         super().__init__()
-        self.inner = WebSocketResource(factory)
+        self.inner = WebSocketResource(_Handover(factory))
 
     def render(self, request: Any) -> Any:
         channel = request.channel
@@ -245,9 +256,19 @@ class _BoundedChannel(HTTPChannel):
     #: Bytes of the current request's head so far, line ends included.
     _head_bytes = 0
     _refused = False
+    #: Whether the channel counts towards the accept cap (from connectionMade
+    #: until it is lost or a WebSocket takes the connection over), and its peer's address.
+    _held = False
+    _host: str | None = None
 
     def connectionMade(self) -> None:
-        limits = self.factory.websocket_factory.limits
+        factory = self.factory.websocket_factory
+        limits = factory.limits
+        self._held = True
+        transport: Any = self.transport
+        self._host = getattr(transport.getPeer(), "host", None)
+        factory.http_channels += 1
+        factory.pending_started(self._host)
         # twisted.web's checks stay as a backstop; fws's own (below) act first, with 431.
         self.totalHeadersSize = self.MAX_LENGTH = limits.max_handshake_size
         self.maxHeaders = limits.max_handshake_headers
@@ -266,8 +287,19 @@ class _BoundedChannel(HTTPChannel):
             self._deadline = None
 
     def release(self) -> None:
-        """The connection is no longer the channel's (a WebSocket took it): no timer of its own."""
+        """
+        The connection is no longer the channel's (a WebSocket took it): no
+        timer of its own, and the WebSocket counts towards the accept cap instead.
+        """
         self._disarm()
+        self._unhold()
+
+    def _unhold(self) -> None:
+        if self._held:
+            self._held = False
+            factory = self.factory.websocket_factory
+            factory.http_channels -= 1
+            factory.pending_ended(self._host)
 
     def _expire(self) -> None:
         """Out of time: an idle connection is closed, one in the middle of a request aborted."""
@@ -288,6 +320,7 @@ class _BoundedChannel(HTTPChannel):
 
     def connectionLost(self, reason: Any = None) -> None:
         self._disarm()
+        self._unhold()
         super().connectionLost(reason)
 
     def dataReceived(self, data: bytes) -> None:
@@ -378,6 +411,16 @@ class _PublicSite(_QuietSite):
 
     protocol = _BoundedChannel  # type: ignore[assignment]  # plain HTTP/1.1: no HTTP/2 here
     websocket_factory: Any = None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """
+        An HTTP channel, or ``None`` (the socket is closed at once) over the
+        WebSocket factory's accept cap, which HTTP channels count towards
+        (:meth:`fws.factory.FwsServerFactory.admit`).
+        """
+        if not self.websocket_factory.admit(addr):
+            return None
+        return super().buildProtocol(addr)
 
     def startFactory(self) -> None:
         super().startFactory()
