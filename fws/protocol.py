@@ -66,6 +66,8 @@ class ConnectionHost(Server, Protocol):
     connections: set[FwsServerProtocol]
     per_ip: dict[str, int]
     closing: tuple[int, str] | None
+    #: What close_all waits for while a graceful stop runs (None otherwise).
+    _gone: dict[Any, Any] | None
     #: Autobahn's batched timer (fws.timers.BucketTimer in fws).
     _batched_timer: Any
 
@@ -301,6 +303,8 @@ class FwsServerProtocol(WebSocketServerProtocol):
     #: reached the client; ``_drain_call`` is the next look at the kernel's queue.
     _draining = False
     _drain_call: Any = None
+    #: After a drop that waits for the output to drain: the abort that bounds the wait.
+    _linger_call: Any = None
     #: Where this connection's outgoing frames wait for the flush (see :class:`Lane`).
     _lane: Lane
     #: A concrete TCP (or TLS, UNIX) transport, whose buffers and socket the wire
@@ -774,6 +778,9 @@ class FwsServerProtocol(WebSocketServerProtocol):
         if self._drain_call is not None:
             self._drain_call.cancel()
             self._drain_call = None
+        if self._linger_call is not None:
+            self._linger_call.cancel()
+            self._linger_call = None
         self.factory.connections.discard(self)
         self._end_pending()
         super().connectionLost(reason)
@@ -809,13 +816,37 @@ class FwsServerProtocol(WebSocketServerProtocol):
 
         For an open connection fws's close line (:meth:`onClose`) says why (a
         close handshake or ping timeout), so Autobahn's warning goes to debug.
+
+        A drop without ``abort`` (Autobahn's, once it has answered a client's
+        close frame, or after a refused handshake) closes the TCP connection
+        only when Twisted's buffer has drained, and nothing bounds that: a
+        client that let megabytes queue up, then sent a close and stopped
+        reading, kept its connection for ever (Autobahn's
+        ``serverConnectionDropTimeout`` is for clients only). So the
+        connection is aborted if it is still there ``closeHandshakeTimeout``
+        seconds later (:meth:`_abort_lingering`), unless a graceful stop is
+        waiting for it: ``close_all`` aborts it at its own deadline (``--stop-timeout``).
         """
+        lingers = not abort and self.state != self.STATE_CLOSED
         self._lane.ok = False
         if self._opened and self.factory.log_connections:
             with _autobahn_at_debug(self):
                 super().dropConnection(abort)
         else:
             super().dropConnection(abort)
+        if lingers and self.transport is not None and self._linger_call is None:
+            gone = self.factory._gone
+            if gone is None or self not in gone:
+                timeout = self.closeHandshakeTimeout if self.closeHandshakeTimeout > 0 else 2.0
+                self._linger_call = self.factory._batched_timer.call_later(
+                    timeout, self._abort_lingering)
+
+    def _abort_lingering(self) -> None:
+        """The TCP close has waited its time for the output to drain: abort it."""
+        self._linger_call = None
+        transport = self.transport
+        if transport is not None and not getattr(transport, "disconnected", False):
+            transport.abortConnection()
 
     def onConnect(self, request: ConnectionRequest) -> Any:
         self.request = request
