@@ -22,6 +22,7 @@ from fws.service import (
     install_stop_signals,
     make_service,
 )
+from fws.versions import version_requested, version_text
 
 PROG = "fws_server"
 
@@ -53,6 +54,9 @@ def start_logging(config: Config) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``fws_server`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if version_requested(args):
+        sys.stdout.write(version_text())
+        return
     from fws.reactor import install_if_possible
 
     install_if_possible()  # before any filter module can import the default reactor

@@ -31,6 +31,7 @@ from fws.service import (
     install_stop_signals,
     make_service,
 )
+from fws.versions import version_requested, version_text
 
 PROG = "twistd fws"
 
@@ -48,6 +49,9 @@ class Options(usage.Options):
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         args = sys.argv[1:] if options is None else list(options)
+        if version_requested(args):  # fws's, not usage.Options.opt_version (Twisted's alone)
+            _print_help(version_text())
+            raise SystemExit(0)
         try:
             config = resolve(args, prog=PROG, print_help=_print_help)
             if config is None:

@@ -60,6 +60,57 @@ def test_help_lists_the_seed_options() -> None:
         assert option in result.stdout
 
 
+# --- versions --------------------------------------------------------------------------------
+
+
+def expected_version_lines() -> list[str]:
+    import platform
+    from importlib.metadata import version
+
+    import fws
+
+    return [f"fws {fws.__version__}",
+            f"Python {platform.python_version()}, Twisted {version('twisted')}, "
+            f"Autobahn {version('autobahn')}, txredisapi {version('txredisapi')}"]
+
+
+def test_version_is_the_installed_distribution_s() -> None:
+    from importlib.metadata import version
+
+    import fws
+
+    assert fws.__version__ == version("fws")
+
+
+def test_fws_server_version(tmp_path: Path) -> None:
+    import os
+
+    # read before the rest: a broken configuration does not hide the version
+    env = {**os.environ, "FWS_CONFIG": str(tmp_path / "missing.json")}
+    result = subprocess.run([str(BIN / "fws_server"), "-p", "1", "--version"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines() == expected_version_lines()
+
+
+def test_twistd_fws_version_is_fws_s(tmp_path: Path) -> None:
+    result = subprocess.run([str(BIN / "twistd"), "fws", "--version"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines() == expected_version_lines()
+    assert list(tmp_path.iterdir()) == []  # no twistd.log, no pidfile: nothing was started
+    # twistd's own --version, before the subcommand, is still Twisted's
+    result = subprocess.run([str(BIN / "twistd"), "--version"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("twistd (the Twisted daemon)")
+
+
+def test_help_lists_version() -> None:
+    for command in ([str(BIN / "fws_server"), "-h"], [str(BIN / "twistd"), "fws", "--help"]):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and "--version" in result.stdout, command
+
+
 def test_default_filters_broadcast_and_print(processes: list[FwsProcess]) -> None:
     proc = server(processes)
     with connect(proc.url) as a, connect(proc.url) as b:

@@ -45,6 +45,17 @@ def test_wheel_contents(wheel: Path) -> None:
     assert not any(name.startswith("tests/") for name in names)
 
 
+def test_wheel_carries_the_license(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as whl:
+        licenses = [name for name in whl.namelist()
+                    if name.startswith("fws-") and ".dist-info/" in name
+                    and name.rsplit("/", 1)[-1] == "LICENSE"]
+        assert licenses, whl.namelist()
+        assert all(whl.read(name) == (ROOT / "LICENSE").read_bytes() for name in licenses)
+        metadata = next(name for name in whl.namelist() if name.endswith(".dist-info/METADATA"))
+        assert "License-File: LICENSE" in whl.read(metadata).decode()
+
+
 def test_installed_wheel_is_found_from_outside_the_checkout(wheel: Path, tmp_path: Path) -> None:
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
