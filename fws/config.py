@@ -164,6 +164,9 @@ CORE_OPTIONS: tuple[Option, ...] = (
            "no cap with --max-connections 0)", "int", 1000, (), "N"),
     Option("max_connections_per_ip", "most open connections per client address; more are "
            "refused with HTTP 429 (0: no limit)", "int", 0, (), "N"),
+    Option("max_pending_per_ip", "most TCP connections from one address in their opening "
+           "handshake (or plain HTTP with --static) at once; one over it is closed as soon as "
+           "it is accepted (trusted proxies exempt; 0: no limit)", "int", 100, (), "N"),
     Option("trusted_proxies", "addresses or networks of reverse proxies whose X-Forwarded-For "
            "names the client address", "list", (), (), "NET"),
     Option("max_message_rate", "messages per second a connection may send, on average (token "
@@ -312,6 +315,9 @@ def build_parser(prog: str, extra: Sequence[Option] = (), add_help: bool = True)
             if opt.choices:
                 kwargs["choices"] = opt.choices
         parser.add_argument(*opt.option_strings, **kwargs)
+    parser.add_argument("--version", action="store_true", dest="_version", default=False,
+                        help="print the versions of fws, Python, Twisted, Autobahn and "
+                        "txredisapi and exit (read before any other option)")
     return parser
 
 
