@@ -316,8 +316,8 @@ def build_parser(prog: str, extra: Sequence[Option] = (), add_help: bool = True)
                 kwargs["choices"] = opt.choices
         parser.add_argument(*opt.option_strings, **kwargs)
     parser.add_argument("--version", action="store_true", dest="_version", default=False,
-                        help="print the versions of fws, Python, Twisted, Autobahn and "
-                        "txredisapi and exit (read before any other option)")
+                        help="print the versions of fws, Python and the libraries it runs "
+                        "on, and exit (read before any other option)")
     return parser
 
 
