@@ -225,7 +225,7 @@ class FwsServerFactory(WebSocketServerFactory):
 
     def pending_started(self, host: str | None) -> None:
         """A connection from ``host`` (a TCP peer address) is in its handshake, or plain HTTP."""
-        if host is not None:
+        if host is not None and self.limits.max_pending_per_ip:  # counted only to be bounded
             self.pending_per_ip[host] = self.pending_per_ip.get(host, 0) + 1
 
     def pending_ended(self, host: str | None) -> None:
@@ -303,6 +303,11 @@ class FwsServerFactory(WebSocketServerFactory):
             # chain); until disconnect_finished, close_all waits for it.
             self.finishing.add(conn)
         self._settled(conn)
+
+    def stop_waits_for(self, conn: FwsServerProtocol) -> bool:
+        """Whether :meth:`close_all` is waiting for ``conn`` (and so bounds how long it may linger)."""
+        gone = self._gone
+        return gone is not None and conn in gone
 
     def disconnect_finished(self, result: Any, conn: FwsServerProtocol) -> Any:
         """``conn``'s disconnect chain has finished; passes ``result`` on (a callback)."""

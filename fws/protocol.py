@@ -66,8 +66,6 @@ class ConnectionHost(Server, Protocol):
     connections: set[FwsServerProtocol]
     per_ip: dict[str, int]
     closing: tuple[int, str] | None
-    #: What close_all waits for while a graceful stop runs (None otherwise).
-    _gone: dict[Any, Any] | None
     #: Autobahn's batched timer (fws.timers.BucketTimer in fws).
     _batched_timer: Any
 
@@ -80,6 +78,7 @@ class ConnectionHost(Server, Protocol):
     def pending_ended(self, host: str | None) -> None: ...
     def mark_dirty(self, lane: Lane) -> None: ...
     def disconnect_finished(self, result: Any, conn: FwsServerProtocol) -> Any: ...
+    def stop_waits_for(self, conn: FwsServerProtocol) -> bool: ...
 
 #: While more messages than this wait behind an asynchronous filter, the
 #: connection stops reading from its socket (TCP backpressure to the client).
@@ -834,12 +833,11 @@ class FwsServerProtocol(WebSocketServerProtocol):
                 super().dropConnection(abort)
         else:
             super().dropConnection(abort)
-        if lingers and self.transport is not None and self._linger_call is None:
-            gone = self.factory._gone
-            if gone is None or self not in gone:
-                timeout = self.closeHandshakeTimeout if self.closeHandshakeTimeout > 0 else 2.0
-                self._linger_call = self.factory._batched_timer.call_later(
-                    timeout, self._abort_lingering)
+        if lingers and self.transport is not None and self._linger_call is None \
+                and not self.factory.stop_waits_for(self):
+            timeout = self.closeHandshakeTimeout if self.closeHandshakeTimeout > 0 else 2.0
+            self._linger_call = self.factory._batched_timer.call_later(
+                timeout, self._abort_lingering)
 
     def _abort_lingering(self) -> None:
         """The TCP close has waited its time for the output to drain: abort it."""
@@ -1406,6 +1404,11 @@ _REFUSAL_HEADERS = (("Connection", "close"), ("Content-Length", "0"))
 _NOT_IN_REQUEST_LINE = bytes(range(0x00, 0x0d)) + bytes(range(0x0e, 0x20)) + b"\x7f"
 
 
+def not_http(part: bytes | bytearray) -> bool:
+    """Whether part of a request line holds a byte no HTTP request line may (a control character)."""
+    return len(part.translate(None, _NOT_IN_REQUEST_LINE)) != len(part)
+
+
 def _request_line_so_far(head: bytearray, seen: int, line_end: int) -> bool:
     """
     Whether ``head`` may still start with an HTTP request line: its new bytes
@@ -1413,8 +1416,7 @@ def _request_line_so_far(head: bytearray, seen: int, line_end: int) -> bool:
     (``line_end``, else -1), it is ``METHOD SP TARGET SP HTTP/x``. Each byte is
     looked at once until the line ends, and the line once more then.
     """
-    new = head[seen:line_end] if line_end >= 0 else head[seen:]
-    if len(new.translate(None, _NOT_IN_REQUEST_LINE)) != len(new):
+    if not_http(head[seen:line_end] if line_end >= 0 else head[seen:]):
         return False
     if line_end < 0:
         return True

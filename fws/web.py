@@ -24,7 +24,7 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
-from fws.protocol import _NOT_IN_REQUEST_LINE
+from fws.protocol import not_http
 from fws.static import StaticFiles
 
 #: How often the heartbeat that measures reactor lag ticks, in seconds.
@@ -328,8 +328,7 @@ class _BoundedChannel(HTTPChannel):
             return
         if self.line_mode and not self._handlingRequest and not self._head_bytes:
             # The request line has not ended yet: a control character says it is not HTTP.
-            line = data.split(b"\r\n", 1)[0]
-            if len(line.translate(None, _NOT_IN_REQUEST_LINE)) != len(line):
+            if not_http(data.split(b"\r\n", 1)[0]):
                 self._refuse(400, "Bad Request", "not an HTTP request")
                 return
         super().dataReceived(data)
