@@ -113,3 +113,10 @@ class FwsProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def serve(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> FwsProcess:
+    """``fws_server -p PORT -i 127.0.0.1 ARGS`` on a free loopback port, started and listening."""
+    proc = FwsProcess([], env=env, cwd=cwd)
+    proc.args = ["-p", str(proc.port), "-i", "127.0.0.1", *args]
+    return proc.start()  # killed by start() if it never says it listens

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import FwsProcess
+from tests.processes import FwsProcess, serve
 from tests.rawws import frame, handshake_request
 
 MODES = ("plain", "static", "health")
@@ -46,14 +46,7 @@ BROWSER_HEADERS = (
 
 
 def start(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> FwsProcess:
-    proc = FwsProcess([], env=env, cwd=cwd)
-    proc.args = ["-p", str(proc.port), "-i", "127.0.0.1", "-f", "echo", "--drain-period", "0",
-                 *args]
-    try:
-        return proc.start()
-    except BaseException:
-        proc.stop()  # a server that never said it listens is not left running
-        raise
+    return serve("-f", "echo", "--drain-period", "0", *args, env=env, cwd=cwd)
 
 
 @pytest.fixture(scope="module", params=MODES)
@@ -340,38 +333,27 @@ def test_unfinished_headers_do_not_grow_memory() -> None:
 # --- spellings --------------------------------------------------------------------------------
 
 
-def test_env_vars_set_the_limits() -> None:
-    proc = start(env={"FWS_MAX_HANDSHAKE_SIZE": "2048", "FWS_MAX_HANDSHAKE_HEADERS": "10"})
+def assert_2048_bytes_and_10_headers(proc: FwsProcess) -> None:
+    """The limits set by the spelling under test are in force (and are not the defaults)."""
     try:
-        status, sock = upgrade(proc.port, f"X-Big: {'a' * 2100}\r\n")
-        sock.close()
-        assert status == 431
-        status, sock = upgrade(proc.port, headers(11))
-        sock.close()
-        assert status == 431
-        status, sock = upgrade(proc.port, headers(10))
-        sock.close()
-        assert status == 101
+        for extra, expected in ((f"X-Big: {'a' * 2100}\r\n", 431), (headers(11), 431),
+                                (headers(10), 101)):
+            status, sock = upgrade(proc.port, extra)
+            sock.close()
+            assert status == expected, (extra[:20], status)
     finally:
         proc.stop()
+
+
+def test_env_vars_set_the_limits() -> None:
+    assert_2048_bytes_and_10_headers(
+        start(env={"FWS_MAX_HANDSHAKE_SIZE": "2048", "FWS_MAX_HANDSHAKE_HEADERS": "10"}))
 
 
 def test_config_file_sets_the_limits(tmp_path: Path) -> None:
     config = tmp_path / "fws.json"
     config.write_text(json.dumps({"max-handshake-size": 2048, "max_handshake_headers": 10}))
-    proc = start("-c", str(config), "--public-health")
-    try:
-        status, sock = upgrade(proc.port, f"X-Big: {'a' * 2100}\r\n")
-        sock.close()
-        assert status == 431
-        status, sock = upgrade(proc.port, headers(11))
-        sock.close()
-        assert status == 431
-        status, sock = upgrade(proc.port, headers(10))
-        sock.close()
-        assert status == 101
-    finally:
-        proc.stop()
+    assert_2048_bytes_and_10_headers(start("-c", str(config), "--public-health"))
 
 
 def test_help_shows_the_options() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import FwsProcess
+from tests.processes import FwsProcess, serve
 from tests.rawws import RawClient
 
 #: The Origin headers sent: None sends no header at all.
@@ -38,14 +38,7 @@ ALLOWED = ["--allowed-origins", RIGHT, "https://*.example.org"]
 
 
 def start(*args: str, env: dict[str, str] | None = None) -> FwsProcess:
-    proc = FwsProcess([], env=env)
-    proc.args = ["-p", str(proc.port), "-i", "127.0.0.1", "-f", "echo", "--drain-period", "0",
-                 *args]
-    try:
-        return proc.start()
-    except BaseException:
-        proc.stop()  # a server that never said it listens is not left running
-        raise
+    return serve("-f", "echo", "--drain-period", "0", *args, env=env)
 
 
 def status_line(proc: FwsProcess, origin: str | None) -> str:

@@ -18,7 +18,8 @@ import signal
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,34 @@ async def assert_works(reactor: Any, service: Any, redis: RedisProcess, tag: str
     assert redis.publish("global", tag + "-from-outside") >= 1
 
 
+@asynccontextmanager
+async def running(reactor: Any, port: int, **options: Any) -> AsyncIterator[Any]:
+    """A started :func:`make_service` on ``port``, stopped (and waited for) on the way out."""
+    service = make_service(reactor, port, **options)
+    service.startService()
+    try:
+        yield service
+    finally:
+        await service.stopService()
+
+
+@pytest.fixture
+def proxy(redis: RedisProcess) -> Iterator[FaultyProxy]:
+    """A :class:`FaultyProxy` in front of the test's Redis."""
+    faulty = FaultyProxy(redis.port)
+    try:
+        yield faulty
+    finally:
+        faulty.close()
+
+
+def assert_one_outage(lines: list[str]) -> tuple[str, str]:
+    """Exactly one line when the outage started, and one when it ended (after the ready line)."""
+    starts, ends = outage_lines(lines)
+    assert len(starts) == 1 and len(ends) == 2, lines
+    return starts[0], ends[1]
+
+
 def outage_lines(lines: list[str]) -> tuple[list[str], list[str]]:
     starts = [line for line in lines if " unavailable (" in line or "cannot reach Redis" in line]
     ends = [line for line in lines if " back after " in line or "Redis ready at" in line]
@@ -111,36 +140,31 @@ async def test_a_stall_longer_than_every_timeout(
     reactor: Any, redis: RedisProcess, redis_log: list[str], report: Callable[[str], None]
 ) -> None:
     """SIGSTOP for 8 connect timeouts: fws keeps trying, and is back at once after SIGCONT."""
-    service = make_service(reactor, redis.port)
-    service.startService()
     try:
-        await wait_for(reactor, lambda: service.ready, what="ready")
-        redis.pause()
-        noticed = await wait_for(reactor, lambda: not service.ready, 5, "the stall noticed")
-        await sleep(reactor, 4.0)  # every timeout (0.2 to 0.5 s) and many attempts go by
-        assert not service.ready
-        redis.resume()
-        back = await wait_for(reactor, lambda: service.ready, 5, "ready after SIGCONT")
-        report(f"SIGSTOP: noticed after {noticed:.2f}s; ready {back:.3f}s after SIGCONT")
-        assert back < BACK_WITHIN
-        await assert_works(reactor, service, redis, "after-stall")
-        starts, ends = outage_lines(redis_log)
-        assert len(starts) == 1 and len(ends) == 2, redis_log  # ready at start, back after
-        assert "back after 4." in ends[-1] or "back after 5." in ends[-1], ends
-        assert "lost in flight" not in ends[-1], ends  # fws's own PINGs are no one's commands
-        assert not [line for line in redis_log if "Scheduling retry" in line]
+        async with running(reactor, redis.port) as service:
+            await wait_for(reactor, lambda: service.ready, what="ready")
+            redis.pause()
+            noticed = await wait_for(reactor, lambda: not service.ready, 5, "the stall noticed")
+            await sleep(reactor, 4.0)  # every timeout (0.2 to 0.5 s) and many attempts go by
+            assert not service.ready
+            redis.resume()
+            back = await wait_for(reactor, lambda: service.ready, 5, "ready after SIGCONT")
+            report(f"SIGSTOP: noticed after {noticed:.2f}s; ready {back:.3f}s after SIGCONT")
+            assert back < BACK_WITHIN
+            await assert_works(reactor, service, redis, "after-stall")
+            _, end = assert_one_outage(redis_log)
+            assert "back after 4." in end or "back after 5." in end, end
+            assert "lost in flight" not in end, end  # fws's own PINGs are no one's commands
+            assert not [line for line in redis_log if "Scheduling retry" in line]
     finally:
         redis.resume()
-        await service.stopService()
 
 
 @pytest_twisted.ensureDeferred
 async def test_killed_and_restarted(
     reactor: Any, redis: RedisProcess, redis_log: list[str], report: Callable[[str], None]
 ) -> None:
-    service = make_service(reactor, redis.port)
-    service.startService()
-    try:
+    async with running(reactor, redis.port) as service:
         await wait_for(reactor, lambda: service.ready, what="ready")
         redis.kill()
         await wait_for(reactor, lambda: not service.ready, 5, "the kill noticed")
@@ -150,11 +174,8 @@ async def test_killed_and_restarted(
         report(f"SIGKILL and restart: ready {back:.3f}s after Redis answered")
         assert back < BACK_WITHIN
         await assert_works(reactor, service, redis, "after-restart")
-        starts, ends = outage_lines(redis_log)
-        assert len(starts) == 1 and len(ends) == 2, redis_log
+        assert_one_outage(redis_log)
         assert not [line for line in redis_log if "Scheduling retry" in line]
-    finally:
-        await service.stopService()
 
 
 @pytest_twisted.ensureDeferred
@@ -163,33 +184,29 @@ async def test_refused_at_startup_for_as_long_as_it_takes(
 ) -> None:
     """No Redis for many backoff periods: still trying, and one line says so."""
     redis = RedisProcess(tmp_path)  # a free port, nothing listening yet
-    service = make_service(reactor, redis.port)
-    service.startService()
     try:
-        await sleep(reactor, 3.0)  # well past the backoff's cap
-        assert not service.ready
-        starts, ends = outage_lines(redis_log)
-        assert len(starts) == 1 and not ends, redis_log
-        redis.start()
-        back = await wait_for(reactor, lambda: service.ready, 5, "ready once Redis is up")
-        report(f"refused at startup: ready {back:.3f}s after Redis answered")
-        assert back < BACK_WITHIN
-        await assert_works(reactor, service, redis, "late-redis")
-        assert len(redis_log) == 3, redis_log  # connecting, cannot reach, ready
+        async with running(reactor, redis.port) as service:
+            await sleep(reactor, 3.0)  # well past the backoff's cap
+            assert not service.ready
+            starts, ends = outage_lines(redis_log)
+            assert len(starts) == 1 and not ends, redis_log
+            redis.start()
+            back = await wait_for(reactor, lambda: service.ready, 5, "ready once Redis is up")
+            report(f"refused at startup: ready {back:.3f}s after Redis answered")
+            assert back < BACK_WITHIN
+            await assert_works(reactor, service, redis, "late-redis")
+            assert len(redis_log) == 3, redis_log  # connecting, cannot reach, ready
     finally:
-        await service.stopService()
         redis.kill()
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_half_open_connection_is_dropped_and_made_again(
-    reactor: Any, redis: RedisProcess, redis_log: list[str], report: Callable[[str], None]
+    reactor: Any, redis: RedisProcess, proxy: FaultyProxy, redis_log: list[str],
+    report: Callable[[str], None]
 ) -> None:
     """The sockets stay up and carry nothing: only fws's PINGs and watchdog can tell."""
-    proxy = FaultyProxy(redis.port)
-    service = make_service(reactor, proxy.port)
-    service.startService()
-    try:
+    async with running(reactor, proxy.port) as service:
         await wait_for(reactor, lambda: service.ready, what="ready")
         proxy.freeze()  # both connections are now black holes; new ones work
         frozen_at = time.monotonic()
@@ -202,22 +219,16 @@ async def test_a_half_open_connection_is_dropped_and_made_again(
         with pytest.raises(RedisConnectionError):  # its connection died with it: never a hang
             await d
         await assert_works(reactor, service, redis, "after-half-open")
-        starts, ends = outage_lines(redis_log)
-        assert len(starts) == 1 and len(ends) == 2, redis_log
-    finally:
-        await service.stopService()
-        proxy.close()
+        assert_one_outage(redis_log)
 
 
 @pytest_twisted.ensureDeferred
 async def test_replies_that_never_come(
-    reactor: Any, redis: RedisProcess, redis_log: list[str], report: Callable[[str], None]
+    reactor: Any, redis: RedisProcess, proxy: FaultyProxy, redis_log: list[str],
+    report: Callable[[str], None]
 ) -> None:
     """Requests reach Redis, answers never come back, on every new connection too."""
-    proxy = FaultyProxy(redis.port)
-    service = make_service(reactor, proxy.port)
-    service.startService()
-    try:
+    async with running(reactor, proxy.port) as service:
         await wait_for(reactor, lambda: service.ready, what="ready")
         proxy.drop_replies()
         unanswered = service.execute("set", "fws-test-key", b"1")
@@ -231,12 +242,8 @@ async def test_replies_that_never_come(
         report(f"replies never coming: ready {back:.3f}s after they came again")
         assert back < BACK_WITHIN
         await assert_works(reactor, service, redis, "after-silence")
-        starts, ends = outage_lines(redis_log)
-        assert len(starts) == 1 and len(ends) == 2, redis_log
-        assert "did not answer" in starts[0]
-    finally:
-        await service.stopService()
-        proxy.close()
+        start, _ = assert_one_outage(redis_log)
+        assert "did not answer" in start
 
 
 @pytest_twisted.ensureDeferred
@@ -249,9 +256,7 @@ async def test_a_refused_login_is_retried_until_it_works(
     txredisapi alone stops trying after the first refusal; fws says so once,
     at error level, and connects as soon as the password is right.
     """
-    service = make_service(reactor, redis.port, password="s3cret")
-    service.startService()
-    try:
+    async with running(reactor, redis.port, password="s3cret") as service:
         await sleep(reactor, 2.0)
         assert not service.ready
         refusals = [line for line in redis_log if "refused the" in line]
@@ -264,8 +269,6 @@ async def test_a_refused_login_is_retried_until_it_works(
         report(f"refused login: ready {back:.3f}s after the password was set")
         assert back < BACK_WITHIN
         assert await service.publish("global", b"logged-in") == 1
-    finally:
-        await service.stopService()
 
 
 # --- the reproduction of the issue: fws_server nodes, default timeouts, a long SIGSTOP ---
@@ -379,15 +382,13 @@ async def test_connecting_that_never_completes_fails_on_the_deadline(
             pass
         fillers.append(filler)
     await sleep(reactor, 0.3)
-    service = make_service(reactor, blackhole.getsockname()[1])
-    service.startService()
     try:
-        await sleep(reactor, 1.5)
-        assert not service.ready
-        starts, _ = outage_lines(redis_log)
-        assert len(starts) == 1 and "no connection within 0.5s" in starts[0], redis_log
+        async with running(reactor, blackhole.getsockname()[1]) as service:
+            await sleep(reactor, 1.5)
+            assert not service.ready
+            starts, _ = outage_lines(redis_log)
+            assert len(starts) == 1 and "no connection within 0.5s" in starts[0], redis_log
     finally:
-        await service.stopService()
         for sock in (*fillers, blackhole):
             sock.close()
 
