@@ -7,7 +7,7 @@
  * str only to throw it away, and two bytes objects per outgoing frame.
  * Here each is one pass over the payload and one allocation.
  *
- * fws/framing.py holds the Python versions, which define the behaviour:
+ * fws/_wire/framing.py holds the Python versions, which define the behaviour:
  * tests/test_framing.py checks that both agree on every input it can think
  * of, and fws uses these only when the module built (FWS_PURE_PYTHON=1
  * forces the Python ones).
@@ -54,7 +54,7 @@ PyDoc_STRVAR(parse_frames_doc,
 "control frame, a fragment, RSV bits, an unmasked or 64-bit-length frame, a\n"
 "16-bit length under 126 (not minimal), an incomplete or too large frame,\n"
 "text that is not UTF-8), which is left for\n"
-"Autobahn's parser. See fws.framing.py_parse_frames.");
+"Autobahn's parser. See fws._wire.framing.py_parse_frames.");
 
 static PyObject *
 parse_frames(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -160,7 +160,7 @@ error:
 PyDoc_STRVAR(encode_frame_doc,
 "encode_frame(payload, is_binary) -> bytes\n\n"
 "One complete, unmasked, uncompressed server frame (RFC 6455 section 5.2).\n"
-"See fws.framing.py_encode_frame.");
+"See fws._wire.framing.py_encode_frame.");
 
 static PyObject *
 encode_frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -219,7 +219,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     "fws._speedups",
-    "RFC 6455 framing for fws's fast paths, compiled (see fws.framing).",
+    "RFC 6455 framing for fws's fast paths, compiled (see fws._wire.framing).",
     -1,
     methods,
 };

@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if version_requested(args):
         sys.stdout.write(version_text())
         return
-    from fws.reactor import install_if_possible
+    from fws._wire.reactor import install_if_possible
 
     install_if_possible()  # before any filter module can import the default reactor
     try:
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail_startup(PROG, str(e), 1)
     from twisted.logger import Logger
 
-    from fws.framing import DESCRIPTION
+    from fws._wire.framing import DESCRIPTION
 
     Logger(namespace="fws.cli").info("reactor: {reactor}; framing: {framing}",
                                      reactor=type(reactor).__name__, framing=DESCRIPTION)

@@ -33,9 +33,10 @@ try:
 except ImportError:  # not a POSIX system: no kernel queue to look at
     fcntl = termios = None  # type: ignore[assignment]
 
+from fws._wire.framing import encode_frame, parse_frames
+from fws._wire.handshake import REFUSAL_HEADERS, request_line_so_far
 from fws.connection import Server
 from fws.filters.base import Refuse
-from fws.framing import encode_frame, parse_frames
 from fws.limits import CLOSE_POLICY, CLOSE_SLOW_CONSUMER, origin_allowed
 from fws.pipeline import FAILED, current_message_binary, run_chain
 
@@ -681,7 +682,7 @@ class FwsServerProtocol(WebSocketServerProtocol):
             return
         if not self._head_line:
             line_end = head.find(b"\r\n", max(0, seen - 1))
-            if not _request_line_so_far(head, seen, line_end):
+            if not request_line_so_far(head, seen, line_end):
                 self._refuse_head(400, "Bad Request", None, "not an HTTP request")
                 return
             self._head_line = line_end >= 0
@@ -715,7 +716,7 @@ class FwsServerProtocol(WebSocketServerProtocol):
         if limit is not None:
             stats.hit(limit)
         self._refusal_detail = detail
-        self.failHandshake(reason, code, _REFUSAL_HEADERS)
+        self.failHandshake(reason, code, REFUSAL_HEADERS)
 
     def failHandshake(self, reason: str, code: int = 400,
                       responseHeaders: Any = None) -> None:
@@ -1395,34 +1396,6 @@ def _origin_refusal(request: ConnectionRequest, limits: Any) -> tuple[str, str] 
     if not origin_allowed(origin, limits.allowed_origins):
         return "allowed_origins", "origin not allowed"
     return None
-
-
-#: What fws's own refusals of a request head say besides their status (as fws.web's do).
-_REFUSAL_HEADERS = (("Connection", "close"), ("Content-Length", "0"))
-
-#: Bytes no HTTP request line holds (control characters; CR only in its CRLF).
-_NOT_IN_REQUEST_LINE = bytes(range(0x00, 0x0d)) + bytes(range(0x0e, 0x20)) + b"\x7f"
-
-
-def not_http(part: bytes | bytearray) -> bool:
-    """Whether part of a request line holds a byte no HTTP request line may (a control character)."""
-    return len(part.translate(None, _NOT_IN_REQUEST_LINE)) != len(part)
-
-
-def _request_line_so_far(head: bytearray, seen: int, line_end: int) -> bool:
-    """
-    Whether ``head`` may still start with an HTTP request line: its new bytes
-    (from ``seen``) hold no control character and, once it has ended
-    (``line_end``, else -1), it is ``METHOD SP TARGET SP HTTP/x``. Each byte is
-    looked at once until the line ends, and the line once more then.
-    """
-    if not_http(head[seen:line_end] if line_end >= 0 else head[seen:]):
-        return False
-    if line_end < 0:
-        return True
-    parts = bytes(head[:line_end]).split(b" ")
-    return (len(parts) == 3 and all(parts) and parts[2].startswith(b"HTTP/")
-            and b"\r" not in head[:line_end])
 
 
 def _accept_or_fail(outcome: Any) -> None:

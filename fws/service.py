@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from fws import framing
+from fws._wire import framing
 from fws.config import Config, ConfigError, load_storage_module
 from fws.connection import Connection, Server
 from fws.factory import FwsServerFactory

@@ -24,7 +24,7 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
-from fws.protocol import not_http
+from fws._wire.handshake import not_http
 from fws.static import StaticFiles
 
 #: How often the heartbeat that measures reactor lag ticks, in seconds.

@@ -13,7 +13,7 @@ import pytest
 import pytest_twisted
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 
-from fws.framing import encode_frame
+from fws._wire.framing import encode_frame
 from tests.helpers import Server, count_calls
 
 SIZES = [0, 1, 125, 126, 127, 65535, 65536, 70000]
@@ -456,7 +456,7 @@ class _Recorder:
 @pytest.fixture
 def private_reactor() -> Any:
     """fws's reactor, not installed: the test drives its doPoll by hand."""
-    from fws.reactor import _reactor_class
+    from fws._wire.reactor import _reactor_class
 
     reactor = _reactor_class()()
     yield reactor

@@ -1,5 +1,5 @@
 """
-fws.framing: the frame parser and builder of the fast paths, in Python and in C.
+fws._wire.framing: the frame parser and builder of the fast paths, in Python and in C.
 
 The C module must be a faster copy of the Python functions, nothing else:
 generated streams of frames (every opcode, fragments, RSV bits, unmasked,
@@ -23,8 +23,8 @@ from autobahn.websocket.xormasker import create_xor_masker
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fws import framing
-from fws.framing import py_encode_frame, py_parse_frames, unmask
+from fws._wire import framing
+from fws._wire.framing import py_encode_frame, py_parse_frames, unmask
 
 try:
     from fws import _speedups
@@ -47,7 +47,7 @@ def test_the_compiled_framing_is_built() -> None:
 
 
 def test_fws_pure_python_selects_the_python_framing() -> None:
-    code = "import fws.framing as f; print(f.COMPILED, f.parse_frames.__name__, f.DESCRIPTION)"
+    code = "import fws._wire.framing as f; print(f.COMPILED, f.parse_frames.__name__, f.DESCRIPTION)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, "FWS_PURE_PYTHON": "1"}, check=True)
     assert result.stdout == "False py_parse_frames Python (FWS_PURE_PYTHON is set)\n"

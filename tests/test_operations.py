@@ -21,7 +21,7 @@ from twisted.internet.protocol import Protocol
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
-from fws import framing
+from fws._wire import framing
 from tests.helpers import Server, write_module
 from tests.processes import BIN, FwsProcess
 from tests.redis_support import RedisProcess, free_port

@@ -35,7 +35,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from fws.framing import encode_frame
+from fws._wire.framing import encode_frame
 from tests.helpers import Server
 from tests.rawws import handshake_request
 
@@ -96,7 +96,7 @@ class Wire:
     """
 
     def __init__(self, compressed: bool) -> None:
-        from fws.reactor import _reactor_class
+        from fws._wire.reactor import _reactor_class
 
         self.reactor = _reactor_class()()
         self._txaio_loop = txaio.config.loop

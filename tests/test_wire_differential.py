@@ -2,7 +2,7 @@
 fws's inbound path against plain Autobahn's, byte stream by byte stream.
 
 fws parses most client frames itself (``FwsServerProtocol.dataReceived``,
-``fws.framing.parse_frames``) and hands the rest to Autobahn's parser, so
+``fws._wire.framing.parse_frames``) and hands the rest to Autobahn's parser, so
 what a client gets must not depend on which parser read a frame, nor on how
 the bytes were split into reads: the handshake and the frames in one read go
 to Autobahn, frames in later reads to fws's. Each stream here goes, whole
@@ -34,7 +34,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from fws import framing
+from fws._wire import framing
 from fws.limits import Limits
 from fws.timers import BucketTimer
 from tests.helpers import Server

@@ -10,8 +10,8 @@ PUBLISH) and hardened because it corrects them where they are wrong (Origin,
 close frames, handshake bounds). Both rest on these names. An upgrade that
 renames one would break fws quietly, so ``tests/test_upstream.py`` walks this
 list against the installed versions (on live objects for instance state), and
-checks that only :data:`OWNERS`, the modules that make up fws's wire, name
-any of them.
+checks that no module outside :data:`OWNER`, the package that makes up fws's
+wire, names any of the private ones.
 
 Each entry is ``(owner, name, kind)``: ``owner`` the importable dotted path of
 the class or module that defines it, ``kind`` one of ``method``, ``class``
@@ -22,17 +22,10 @@ or ``global`` (a module global). Inventoried against Autobahn 26.11, Twisted
 
 from __future__ import annotations
 
-#: The modules of fws that may name what is listed below: its wire. Anything
-#: else programs against the public APIs (and fws.connection, fws.storage_objects).
-OWNERS = frozenset({
-    "fws.factory",  # the flush: lanes' sockets, Autobahn's prepared messages, its timer
-    "fws.protocol",  # the connection: Autobahn's state, the fast parser, the transport's buffers
-    "fws.reactor",  # the inlined read of the epoll reactor
-    "fws.redis_service",  # txredisapi's protocols, under fws's own connection lifecycle
-    "fws.static",  # twisted.web's File, given a checked path
-    "fws.tap",  # twistd's Options tree
-    "fws.web",  # twisted.web's HTTP channel, bounded like the WebSocket handshake
-})
+#: The package that may name what is listed below: fws's wire. Every other
+#: module programs against the public APIs and the interfaces the wire declares
+#: (fws._wire.protocol's Upcalls and WireHost, fws.connection, fws.storage_objects).
+OWNER = "fws._wire"
 
 UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
     ("autobahn.twisted.websocket.WebSocketAdapterProtocol", "peer", "instance"),  # set in WebSocketAdapterProtocol.connectionMade ("backward compatibility"); borderline
@@ -158,4 +151,4 @@ UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
     ("txredisapi.BaseRedisProtocol", "replyReceived", "method"),  # overridden
 )
 
-__all__ = ["OWNERS", "UPSTREAM_INTERNALS"]
+__all__ = ["OWNER", "UPSTREAM_INTERNALS"]

@@ -1,0 +1,35 @@
+"""
+The opening handshake's request head, looked at as it arrives: what can be
+told about it before Autobahn (or twisted.web) parses it, so that a request
+that cannot be HTTP, or cannot end within the limits, is refused early and
+cheaply on both ports (``--max-handshake-size``, ``--max-handshake-headers``).
+"""
+
+from __future__ import annotations
+
+#: What fws's own refusals of a request head say besides their status (as fws.web's do).
+REFUSAL_HEADERS = (("Connection", "close"), ("Content-Length", "0"))
+
+#: Bytes no HTTP request line holds (control characters; CR only in its CRLF).
+_NOT_IN_REQUEST_LINE = bytes(range(0x00, 0x0d)) + bytes(range(0x0e, 0x20)) + b"\x7f"
+
+
+def not_http(part: bytes | bytearray) -> bool:
+    """Whether part of a request line holds a byte no HTTP request line may (a control character)."""
+    return len(part.translate(None, _NOT_IN_REQUEST_LINE)) != len(part)
+
+
+def request_line_so_far(head: bytearray, seen: int, line_end: int) -> bool:
+    """
+    Whether ``head`` may still start with an HTTP request line: its new bytes
+    (from ``seen``) hold no control character and, once it has ended
+    (``line_end``, else -1), it is ``METHOD SP TARGET SP HTTP/x``. Each byte is
+    looked at once until the line ends, and the line once more then.
+    """
+    if not_http(head[seen:line_end] if line_end >= 0 else head[seen:]):
+        return False
+    if line_end < 0:
+        return True
+    parts = bytes(head[:line_end]).split(b" ")
+    return (len(parts) == 3 and all(parts) and parts[2].startswith(b"HTTP/")
+            and b"\r" not in head[:line_end])
