@@ -33,15 +33,15 @@ pairing replies) and owns each connection's lifecycle itself (:class:`_Link`):
   command connection (:meth:`RedisService.publish`): no per-command reply timer,
   one watchdog per connection instead.
 
-This is the only module that names txredisapi's internals. Everything runs on
-the reactor; nothing blocks.
+The protocols themselves, txredisapi's subclassed and the only code that knows
+its internals, are :mod:`fws._wire.redis`'s; this module names none of them.
+Everything runs on the reactor; nothing blocks.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,11 +52,11 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
+
+from fws._wire.redis import COMMAND_METHODS, CommandProtocol, LinkFactory, LinkProtocol, SubscriberProtocol
 
 log = Logger()
 
@@ -156,186 +156,8 @@ _REFUSED = frozenset({"auth", "select", "quit", "shutdown", "monitor", "multi", 
                       "brpoplpush",
                       "subscribe", "psubscribe", "unsubscribe", "punsubscribe"})
 #: What :meth:`RedisService.execute` runs: txredisapi's command methods (not its
-#: protocol machinery, such as ``execute_command``, which would run anything),
-#: less the refused ones.
-_COMMANDS = frozenset(
-    name for name, value in vars(txredisapi.BaseRedisProtocol).items()
-    if callable(value) and name.islower() and not name.startswith("_")
-    and not hasattr(LineReceiver, name) and "received" not in name.lower()
-    and name not in {"execute_command", "execute_pipeline", "handle_reply"}
-) - _REFUSED
-#: Stands in the command connection's reply FIFO for a PING of fws's own, so
-#: that it is not counted among the commands an outage lost.
-_OWN = object()
-
-
-class _CommandProtocol(txredisapi.RedisProtocol):
-    """
-    txredisapi's command protocol plus a lean PUBLISH (:meth:`fast_publish`)
-    and one watchdog for every reply owed.
-
-    txredisapi spends on every command its encoding, a DeferredQueue get, three
-    callbacks and a reply-timeout DelayedCall armed and cancelled again: with few
-    receivers per message, a large part of what fws itself spends on the Redis
-    path (benchmarks/profiles/fws-redis-fanout-100-64.*). :meth:`fast_publish`
-    writes the RESP bytes itself and remembers one Deferred.
-
-    Redis answers in order, so one FIFO (``_order``) pairs every reply with its
-    command: ``None`` for a command txredisapi sent (its reply goes to
-    txredisapi's reply queue as before), a Deferred for a fast PUBLISH.
-
-    Instead of a timer per command (txredisapi's ``replyTimeout`` is off), one
-    watchdog per connection: if replies are owed and Redis answers nothing for
-    ``reply_timeout`` seconds, the connection is dropped and made again. A
-    silent Redis is noticed between one and two ``reply_timeout`` after it
-    stopped answering; a busy but answering one never is.
-    """
-
-    link: _Link
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._order: deque[Deferred[Any] | object | None] = deque()
-        self._answers = 0  # replies received, of any command: the watchdog's sign of life
-        self._watch_mark = 0
-        self._watchdog: IDelayedCall | None = None
-        self._lost_with: Exception | None = None
-
-    # --- the fast PUBLISH ----------------------------------------------------------------
-
-    @property
-    def can_publish(self) -> bool:
-        """
-        Usable, and not holding back commands for a MULTI or a pipeline.
-
-        ``_ready`` is set and cleared with ``connected``; ``transactions`` (queued
-        MULTI commands) is nonzero only while ``inMulti``: neither is checked again.
-        """
-        return bool(self._ready and not self.pipelining and not self.inMulti)
-
-    def fast_publish(self, channel: bytes, data: bytes) -> Deferred[int]:
-        """PUBLISH ``data`` on ``channel``; fires with the number of subscribers reached."""
-        self.transport.write(b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
-                             % (len(channel), channel, len(data), data))
-        result: Deferred[int] = Deferred()
-        self._order.append(result)
-        if self._watchdog is None:
-            self._watch()
-        return result
-
-    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.connected:
-            return super().execute_command(*args, **kwargs)  # raises ConnectionError
-        order = self._order
-        order.append(None)  # its reply is txredisapi's
-        try:
-            result = super().execute_command(*args, **kwargs)
-        except BaseException:
-            order.pop()  # nothing was written (it failed to encode)
-            raise
-        if self._watchdog is None:
-            self._watch()
-        return result
-
-    def replyReceived(self, reply: Any) -> None:
-        self._answers += 1
-        order = self._order
-        if order:
-            waiting = order.popleft()
-            if isinstance(waiting, Deferred):
-                # A caller's cancel() left it called: Twisted then ignores this.
-                if isinstance(reply, Exception):
-                    waiting.errback(reply)
-                else:
-                    waiting.callback(reply)
-                return
-        self.replyQueue.put(reply)
-
-    def own_command(self, *args: Any) -> Deferred[Any]:
-        """A command of fws's own (login, keepalive): not one an outage could lose."""
-        before = len(self._order)
-        result: Deferred[Any] = self.execute_command(*args, apply_timeout=False)
-        if len(self._order) > before:
-            self._order[-1] = _OWN
-        return result
-
-    # --- the watchdog --------------------------------------------------------------------
-
-    def _watch(self) -> None:
-        timeout = self.link.service.reply_timeout
-        if timeout > 0:
-            self._watch_mark = self._answers
-            self._watchdog = self.link.reactor.callLater(timeout, self._check)
-
-    def _check(self) -> None:
-        self._watchdog = None
-        if not self._order:
-            return  # the next command arms it again
-        if self._answers != self._watch_mark:
-            self._watch()  # Redis answered in the meantime: still alive
-            return
-        # Replies were owed for a whole reply_timeout and nothing came back.
-        timeout = self.link.service.reply_timeout
-        self._lost_with = txredisapi.TimeoutError(f"Not received Redis response in {timeout} seconds")
-        self.link.drop(self, f"Redis did not answer within {timeout}s")
-
-    def connectionLost(self, why: Any) -> None:
-        order, self._order = self._order, deque()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
-        reason = self._lost_with
-        if reason is not None:
-            # txredisapi would fail its waiting commands with "Lost connection".
-            while self.replyQueue.waiting:
-                self.replyQueue.put(reason)
-        # txredisapi fails its other waiting commands through replyReceived: the
-        # FIFO is empty now, so those go to its queue.
-        super().connectionLost(why)
-        self.link.service.lost_in_flight += sum(1 for waiting in order if waiting is not _OWN)
-        self.link.connection_lost(self, why)  # the outage is noticed before its commands fail
-        for waiting in order:
-            if isinstance(waiting, Deferred):
-                waiting.errback(reason if reason is not None
-                                else txredisapi.ConnectionError("Lost connection"))
-
-
-class _SubscriberProtocol(txredisapi.SubscriberProtocol):
-    link: _Link
-
-    def own_command(self, *args: Any) -> Deferred[Any]:
-        """A command of fws's own (login, keepalive)."""
-        result: Deferred[Any] = self.execute_command(*args, apply_timeout=False)
-        return result
-
-    def connectionLost(self, why: Any) -> None:
-        super().connectionLost(why)
-        self.link.connection_lost(self, why)
-
-    def messageReceived(self, pattern: bytes | None, channel: bytes, message: bytes) -> None:
-        self.link.service.deliver(channel, message, pattern)
-
-
-_Protocol = _CommandProtocol | _SubscriberProtocol
-
-
-class _LinkFactory(Factory):
-    """Builds txredisapi protocols that leave the login to fws (no password, no db)."""
-
-    noisy = False
-
-    def __init__(self, link: _Link, protocol: type[_Protocol]) -> None:
-        self.link = link
-        self.protocol_class = protocol
-
-    def buildProtocol(self, addr: Any) -> _Protocol:
-        # With neither password nor dbid, txredisapi's connectionMade marks the
-        # connection usable at once: it never calls stopTrying() on a factory.
-        proto = self.protocol_class(charset=None, replyTimeout=None, password=None, dbid=None,
-                                    convertNumbers=False)
-        proto.factory = self
-        proto.link = self.link
-        return proto
+#: protocol machinery, which would run anything), less the refused ones.
+_COMMANDS = COMMAND_METHODS - _REFUSED
 
 
 def _each(method: Callable[[list[bytes]], Deferred[Any]], names: Sequence[bytes]) -> Deferred[Any]:
@@ -376,13 +198,13 @@ class _Link:
     Every failure leads back to waiting, never to giving up.
     """
 
-    def __init__(self, service: RedisService, kind: str, protocol: type[_Protocol],
+    def __init__(self, service: RedisService, kind: str, protocol: type[LinkProtocol],
                  endpoint: IStreamClientEndpoint,
                  prepare: Callable[[Any], Deferred[Any]] | None = None) -> None:
         self.service = service
         self.kind = kind
         self.reactor = service._reactor
-        self._factory = _LinkFactory(self, protocol)
+        self._factory = LinkFactory(self, protocol)
         self._endpoint = endpoint
         self._prepare = prepare
         #: The usable connection, or None.
@@ -694,8 +516,8 @@ class RedisService(Service):
     def startService(self) -> None:
         super().startService()
         endpoint = make_endpoint(self._reactor, self.address, self.connect_timeout)
-        self._command_link = _Link(self, "command", _CommandProtocol, endpoint)
-        self._subscriber_link = _Link(self, "subscriber", _SubscriberProtocol, endpoint,
+        self._command_link = _Link(self, "command", CommandProtocol, endpoint)
+        self._subscriber_link = _Link(self, "subscriber", SubscriberProtocol, endpoint,
                                       prepare=self._subscribe)
         log.info("connecting to Redis at {address}", address=self.address.describe())
         self._command_link.start()
@@ -713,7 +535,7 @@ class RedisService(Service):
         return gatherResults([link.stop() for link in links], consumeErrors=True).addCallback(
             lambda _: None)
 
-    def _subscribe(self, proto: _SubscriberProtocol) -> Deferred[Any]:
+    def _subscribe(self, proto: SubscriberProtocol) -> Deferred[Any]:
         return gatherResults([_each(proto.subscribe, self.channels),
                               _each(proto.psubscribe, self.patterns)], consumeErrors=True)
 

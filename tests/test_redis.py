@@ -309,11 +309,11 @@ def test_bad_redis_urls_are_config_errors(url: str, reactor: Any) -> None:
 def test_subscriber_uses_hiredis_when_installed() -> None:
     import txredisapi
 
-    from fws.redis_service import _SubscriberProtocol
+    from fws._wire.redis import SubscriberProtocol
 
     hiredis = pytest.importorskip("hiredis")
     assert hiredis is not None
-    assert issubclass(_SubscriberProtocol, txredisapi.HiredisProtocol)
+    assert issubclass(SubscriberProtocol, txredisapi.HiredisProtocol)
 
 
 @pytest_twisted.ensureDeferred
