@@ -42,9 +42,12 @@ class Connection(Protocol):
     is_binary: bool
     #: Messages received on this connection so far.
     messages_in: int
-    #: True while the client reads too slowly and what is sent to it is dropped
-    #: (``--slow-consumer-action drop``).
-    send_full: bool
+    @property
+    def send_full(self) -> bool:
+        """
+        True while the client reads too slowly and what is sent to it is
+        dropped (``--slow-consumer-action drop``).
+        """
 
     @property
     def users(self) -> Mapping[str, Connection]:

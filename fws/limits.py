@@ -89,7 +89,7 @@ class Limits:
             "autoPingTimeout": self.ping_timeout,
             "failByDrop": False,
             # fws decides on Origin itself (fws.protocol._origin_refusal): Autobahn is
-            # told every Origin is "null" (fws.protocol._null_origin) and lets it pass.
+            # told every Origin is "null" (fws._wire.protocol._null_origin) and lets it pass.
             "allowNullOrigin": True,
             # A plain GET gets 426 Upgrade Required, not Autobahn's status page; protocol
             # errors get a close frame (1002, 1007 ...), then TCP close.

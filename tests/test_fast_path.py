@@ -355,7 +355,7 @@ def test_lazy_pformat_formats_as_pformat() -> None:
 
     from twisted.logger import formatEvent
 
-    from fws.protocol import _LazyPformat
+    from fws._wire.protocol import _LazyPformat
 
     value = [("maxMessagePayloadSize", 1048576, "FwsServerFactory")] * 5
     event = {"log_format": "\n{attrs}", "attrs": _LazyPformat(value)}
@@ -370,7 +370,7 @@ async def test_open_connections_keep_a_compact_dict(reactor: Any) -> None:
     and none of the Autobahn state that is still at its default (the class has
     it), and Autobahn's send queue exists only once a chopped write needs it.
     """
-    from fws.protocol import _HANDSHAKE_LEFTOVERS, _IDLE_DEFAULTS
+    from fws._wire.protocol import _HANDSHAKE_LEFTOVERS, _IDLE_DEFAULTS
 
     server = Server(reactor, ["echo"]).start()
     try:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest_twisted
 from twisted.internet.task import deferLater
 
-from fws.protocol import Lane
+from fws._wire.outbound import Lane
 from tests.helpers import Server
 from tests.processes import FwsProcess
 from tests.rawws import RawClient, frame

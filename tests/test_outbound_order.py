@@ -278,16 +278,16 @@ class OutboundOrder(RuleBasedStateMachine):
         self._message(STALL_PAYLOAD, True)
         for _ in range(2000):  # what Autobahn's send_queue holds goes a piece per turn first
             self.wire.turn()
-            if self.wire.conn._write_blocked:
+            if self.wire.conn._lane.blocked:
                 break
-        assert self.wire.conn._write_blocked
+        assert self.wire.conn._lane.blocked
 
     @rule()
     def resume(self) -> None:
         self.wire.reading = True
         for _ in range(500):
             self.wire.turn()
-            if not self.wire.conn._write_blocked:
+            if not self.wire.conn._lane.blocked:
                 break
 
     @rule(turns=st.integers(1, 3))

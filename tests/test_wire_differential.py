@@ -250,16 +250,16 @@ STREAMS: dict[str, bytes] = {
 @pytest.fixture(params=["compiled", "pure"])
 def fast_parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each test with fws's compiled frame parser and with the Python one."""
-    import fws.protocol
+    import fws._wire.protocol
 
     if request.param == "compiled":
         if not framing.COMPILED:
             pytest.skip("fws._speedups is not built")
         from fws import _speedups
 
-        monkeypatch.setattr(fws.protocol, "parse_frames", _speedups.parse_frames)
+        monkeypatch.setattr(fws._wire.protocol, "parse_frames", _speedups.parse_frames)
     else:
-        monkeypatch.setattr(fws.protocol, "parse_frames", framing.py_parse_frames)
+        monkeypatch.setattr(fws._wire.protocol, "parse_frames", framing.py_parse_frames)
     return str(request.param)
 
 

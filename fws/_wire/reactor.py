@@ -53,12 +53,12 @@ def _reactor_class() -> type:
         runs ``fws_after_io`` callables once the events of one poll are handled.
 
         The second is how fws flushes what a poll's events queued for sending
-        (``FwsServerFactory._flush``) without a ``callLater(0)`` per reactor
+        (``WireFactory._flush``) without a ``callLater(0)`` per reactor
         turn: a DelayedCall, a heap push and a pass through runUntilCurrent.
         """
 
         def __init__(self) -> None:
-            super().__init__()
+            super().__init__()  # type: ignore[no-untyped-call]
             #: True while doPoll dispatches events: fws_after_io will run after them.
             self.fws_dispatching = False
             self.fws_after_io: list[Any] = []
@@ -81,7 +81,7 @@ def _reactor_class() -> type:
                     if selectable is None:
                         continue
                     if event != EPOLLIN or selectable.__class__ is not Server:
-                        dispatch(selectable, fd, event)
+                        dispatch(selectable, fd, event)  # type: ignore[no-untyped-call]
                         continue
                     # Connection.doRead and _dataReceived, as _doReadOrWrite runs them.
                     try:
@@ -91,14 +91,14 @@ def _reactor_class() -> type:
                             self._read_failed(selectable)
                         continue
                     if not data:
-                        self._disconnectSelectable(selectable, CONNECTION_DONE, True)
+                        self._disconnectSelectable(selectable, CONNECTION_DONE, True)  # type: ignore[no-untyped-call]
                         continue
                     try:
                         selectable.protocol.dataReceived(data)
                     except BaseException:
                         why = sys.exc_info()[1]
                         log.err()
-                        self._disconnectSelectable(selectable, why, True)
+                        self._disconnectSelectable(selectable, why, True)  # type: ignore[no-untyped-call]
             finally:
                 self.fws_dispatching = False
             after = self.fws_after_io
@@ -115,9 +115,9 @@ def _reactor_class() -> type:
         def _read_failed(self, selectable: Any) -> None:
             """``recv`` failed: a closed descriptor or a lost connection, as Twisted tells them."""
             if selectable.fileno() == -1:
-                self._disconnectSelectable(selectable, _NO_FILEDESC, False)
+                self._disconnectSelectable(selectable, _NO_FILEDESC, False)  # type: ignore[no-untyped-call]
             else:
-                self._disconnectSelectable(selectable, CONNECTION_LOST, True)
+                self._disconnectSelectable(selectable, CONNECTION_LOST, True)  # type: ignore[no-untyped-call]
 
     return FwsEPollReactor
 
