@@ -24,7 +24,8 @@ from __future__ import annotations
 
 #: The package that may name what is listed below: fws's wire. Every other
 #: module programs against the public APIs and the interfaces the wire declares
-#: (fws._wire.protocol's Upcalls and WireHost, fws.connection, fws.storage_objects).
+#: (fws._wire.protocol's Upcalls and WireHost, fws._wire.http's ChannelHost,
+#: fws._wire.redis's Link and LinkService, fws.connection, fws.storage_objects).
 OWNER = "fws._wire"
 
 UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
@@ -51,46 +52,46 @@ UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
     ("autobahn.websocket.protocol.WebSocketProtocol", "_connectionMade", "method"),  # overridden; base does the option copy / pformat / Utf8Validator / send_queue
     ("autobahn.websocket.protocol.WebSocketProtocol", "_dataReceived", "method"),  # overridden (handshake bounding)
     ("autobahn.websocket.protocol.WebSocketProtocol", "_invalid_payload", "method"),  # called
-    ("autobahn.websocket.protocol.WebSocketProtocol", "_perMessageCompress", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "_perMessageCompress", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "_protocol_violation", "method"),  # called
-    ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingPending", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingPending", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingPendingCall", "instance"),  # set in WebSocketProtocol._connectionMade
-    ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingPendingSent", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
-    ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingPendingSeq", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
-    ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingTimeoutCall", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
-    ("autobahn.websocket.protocol.WebSocketProtocol", "closeHandshakeTimeoutCall", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
-    ("autobahn.websocket.protocol.WebSocketProtocol", "closedByMe", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
-    ("autobahn.websocket.protocol.WebSocketProtocol", "current_frame", "instance"),  # set in WebSocketServerProtocol.succeedHandshake; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingPendingSent", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingPendingSeq", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingTimeoutCall", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "closeHandshakeTimeoutCall", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "closedByMe", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "current_frame", "instance"),  # set in WebSocketServerProtocol.succeedHandshake; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "data", "instance"),  # set in WebSocketProtocol._connectionMade
     ("autobahn.websocket.protocol.WebSocketProtocol", "dropConnection", "method"),  # overridden and called
-    ("autobahn.websocket.protocol.WebSocketProtocol", "droppedByMe", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
-    ("autobahn.websocket.protocol.WebSocketProtocol", "failedByMe", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact; written by fws
-    ("autobahn.websocket.protocol.WebSocketProtocol", "inside_message", "instance"),  # set in WebSocketServerProtocol.succeedHandshake; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "droppedByMe", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "failedByMe", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact; written by fws
+    ("autobahn.websocket.protocol.WebSocketProtocol", "inside_message", "instance"),  # set in WebSocketServerProtocol.succeedHandshake; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "is_closed", "instance"),  # set in WebSocketProtocol.__init__; fws shadows it with a property storing __dict__["_is_closed"]
-    ("autobahn.websocket.protocol.WebSocketProtocol", "localCloseCode", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
-    ("autobahn.websocket.protocol.WebSocketProtocol", "localCloseReason", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "localCloseCode", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "localCloseReason", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "onCloseFrame", "method"),  # overridden
     ("autobahn.websocket.protocol.WebSocketProtocol", "onCloseHandshakeTimeout", "method"),  # scheduled as callback
     ("autobahn.websocket.protocol.WebSocketProtocol", "onFrameBegin", "method"),  # overridden (frame budget)
-    ("autobahn.websocket.protocol.WebSocketProtocol", "openHandshakeTimeoutCall", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
-    ("autobahn.websocket.protocol.WebSocketProtocol", "remoteCloseCode", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
-    ("autobahn.websocket.protocol.WebSocketProtocol", "remoteCloseReason", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "openHandshakeTimeoutCall", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "remoteCloseCode", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "remoteCloseReason", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "sendCloseFrame", "method"),  # called (fws.close)
     ("autobahn.websocket.protocol.WebSocketProtocol", "sendData", "method"),  # overridden (not a documented hook)
     ("autobahn.websocket.protocol.WebSocketProtocol", "send_queue", "instance"),  # set in WebSocketProtocol._connectionMade; fws replaces it with () after _connectionMade
-    ("autobahn.websocket.protocol.WebSocketProtocol", "send_state", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "send_state", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "state", "instance"),  # set in WebSocketProtocol._connectionMade
-    ("autobahn.websocket.protocol.WebSocketProtocol", "trackedTimings", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
-    ("autobahn.websocket.protocol.WebSocketProtocol", "triggered", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "trackedTimings", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "triggered", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "utf8validator", "instance"),  # set in WebSocketProtocol._connectionMade; fws shadows it with a lazy property
-    ("autobahn.websocket.protocol.WebSocketProtocol", "wasClean", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
-    ("autobahn.websocket.protocol.WebSocketProtocol", "wasCloseHandshakeTimeout", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
-    ("autobahn.websocket.protocol.WebSocketProtocol", "wasMaxFramePayloadSizeExceeded", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
-    ("autobahn.websocket.protocol.WebSocketProtocol", "wasMaxMessagePayloadSizeExceeded", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
-    ("autobahn.websocket.protocol.WebSocketProtocol", "wasNotCleanReason", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
-    ("autobahn.websocket.protocol.WebSocketProtocol", "wasOpenHandshakeTimeout", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
-    ("autobahn.websocket.protocol.WebSocketProtocol", "wasServerConnectionDropTimeout", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
-    ("autobahn.websocket.protocol.WebSocketProtocol", "wasServingFlashSocketPolicyFile", "instance"),  # set in WebSocketProtocol._connectionMade; class default on FwsServerProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "wasClean", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "wasCloseHandshakeTimeout", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "wasMaxFramePayloadSizeExceeded", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "wasMaxMessagePayloadSizeExceeded", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "wasNotCleanReason", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "wasOpenHandshakeTimeout", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "wasServerConnectionDropTimeout", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "wasServingFlashSocketPolicyFile", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketServerFactory", "_batched_timer", "instance"),  # set in WebSocketServerFactory.__init__; fws replaces it with fws.timers.BucketTimer
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "CONFIG_ATTRS", "class"),  # iterated to bake options onto the protocol class
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "_connectionMade", "method"),  # what super()._connectionMade() resolves to
@@ -100,7 +101,7 @@ UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_response_data", "instance"),  # set in WebSocketServerProtocol.succeedHandshake; popped by _compact (_HANDSHAKE_LEFTOVERS)
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_status_line", "instance"),  # set in WebSocketServerProtocol.processHandshake; popped by _compact (_HANDSHAKE_LEFTOVERS)
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "processHandshake", "method"),  # overridden
-    ("autobahn.websocket.protocol.WebSocketServerProtocol", "websocket_protocol_in_use", "instance"),  # set in WebSocketServerProtocol.succeedHandshake; class default on FwsServerProtocol (_IDLE_DEFAULTS)
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "websocket_protocol_in_use", "instance"),  # set in WebSocketServerProtocol.succeedHandshake; class default on WireProtocol (_IDLE_DEFAULTS)
     ("twisted.internet.abstract.FileDescriptor", "_tempDataBuffer", "instance"),  # set in FileDescriptor.__init__
     ("twisted.internet.abstract.FileDescriptor", "_tempDataLen", "instance"),  # set in FileDescriptor.__init__
     ("twisted.internet.abstract.FileDescriptor", "_writeDisconnected", "class"),  # class default False; set True by FileDescriptor.doWrite
@@ -112,7 +113,7 @@ UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
     ("twisted.internet.abstract.FileDescriptor", "offset", "class"),  # class default 0; rebound by FileDescriptor.doWrite
     ("twisted.internet.abstract._ConsumerMixin", "producer", "class"),  # class default None; set by _ConsumerMixin.registerProducer (@ivar of a private mixin)
     ("twisted.internet.abstract._ConsumerMixin", "producerPaused", "class"),  # class default False; set by FileDescriptor.doWrite/_maybePauseProducer (@ivar of a private mixin)
-    ("twisted.internet.defer.DeferredQueue", "waiting", "instance"),  # set in DeferredQueue.__init__ (on txredisapi.ReplyQueue)
+    ("twisted.internet.defer.DeferredQueue", "waiting", "instance"),  # set in DeferredQueue.__init__ (on txredisapi.ReplyQueue; read in fws._wire.redis.CommandProtocol.connectionLost)
     ("twisted.internet.epollreactor.EPollReactor", "_poller", "instance"),  # set in EPollReactor.__init__
     ("twisted.internet.epollreactor.EPollReactor", "_selectables", "instance"),  # set in EPollReactor.__init__
     ("twisted.internet.epollreactor.EPollReactor", "doIteration", "method"),  # overridden
@@ -121,7 +122,7 @@ UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
     ("twisted.internet.main", "CONNECTION_LOST", "global"),  # module documented as for reactor authors only; borderline
     ("twisted.internet.posixbase", "_NO_FILEDESC", "global"),
     ("twisted.internet.posixbase._DisconnectSelectableMixin", "_disconnectSelectable", "method"),  # called
-    ("twisted.internet.posixbase._PollLikeMixin", "_doReadOrWrite", "method"),  # called; its read path is also mirrored inline at reactor.py:83-101
+    ("twisted.internet.posixbase._PollLikeMixin", "_doReadOrWrite", "method"),  # called; its read path is also mirrored inline in FwsEPollReactor.doPoll (fws/_wire/reactor.py)
     ("twisted.internet.tcp", "Server", "global"),  # exact-class checks (type(t) is tcp.Server); public name, implementation module; borderline
     ("twisted.internet.tcp.Connection", "protocol", "instance"),  # set in tcp.Connection.__init__
     ("twisted.internet.tcp.Connection", "socket", "instance"),  # set in tcp.Connection.__init__ (public way: ITCPTransport.getHandle())
@@ -138,12 +139,12 @@ UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
     ("twisted.web.http.HTTPChannel", "persistent", "class"),  # class default 1; set by HTTPChannel.allHeadersReceived
     ("twisted.web.http.HTTPChannel", "requestDone", "method"),  # overridden
     ("twisted.web.http.HTTPChannel", "requests", "instance"),  # set in HTTPChannel.__init__
-    ("twisted.web.http.Request", "channel", "instance"),  # set in http.Request.__init__; borderline
-    ("twisted.web.resource.Resource", "children", "instance"),  # set in Resource.__init__ (no @ivar); borderline
+    ("twisted.web.http.Request", "channel", "instance"),  # set in http.Request.__init__; read in fws._wire.http.hand_over; borderline
+    ("twisted.web.resource.Resource", "children", "instance"),  # set in Resource.__init__ (no @ivar); read by fws.web.AdminRoot (not private); borderline
     ("twisted.web.static.File", "encoding", "instance"),  # set in File.render_GET (fws presets it in __init__)
     ("twisted.web.static.File", "type", "class"),  # class default None; set by File.render_GET when None
     ("txredisapi.BaseRedisProtocol", "_ready", "instance"),  # set in BaseRedisProtocol.__init__/connectionMade
-    ("txredisapi.BaseRedisProtocol", "connected", "instance"),  # set in BaseRedisProtocol.connectionMade (after AUTH/SELECT) and by Twisted"s makeConnection
+    ("txredisapi.BaseRedisProtocol", "connected", "instance"),  # set in BaseRedisProtocol.connectionMade (after AUTH/SELECT) and by Twisted's makeConnection (read in fws._wire.redis)
     ("txredisapi.BaseRedisProtocol", "execute_command", "method"),  # overridden; called with undocumented apply_timeout=False
     ("txredisapi.BaseRedisProtocol", "inMulti", "instance"),  # set in BaseRedisProtocol.__init__
     ("txredisapi.BaseRedisProtocol", "pipelining", "instance"),  # set in BaseRedisProtocol.__init__
