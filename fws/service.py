@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from fws._wire import framing
+from fws._wire.protocol import Upcalls
 from fws.config import Config, ConfigError, load_storage_module
 from fws.connection import Connection, Server
 from fws.factory import FwsServerFactory
@@ -293,14 +294,17 @@ def _one_line(e: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _keeps_the_promises(conn: FwsServerProtocol,
-                        server: FwsServerFactory) -> tuple[Connection, Server, ConnectionHost]:
+def _keeps_the_promises(
+    conn: FwsServerProtocol, server: FwsServerFactory
+) -> tuple[Connection, Server, ConnectionHost, Upcalls]:
     """
     Never called: mypy checks here that fws's objects satisfy the public API
-    (:mod:`fws.connection`) and that the factory is what a connection needs
-    of its server (:class:`fws.protocol.ConnectionHost`).
+    (:mod:`fws.connection`), that the factory is what a connection needs of
+    its server (:class:`fws.protocol.ConnectionHost`, which includes what the
+    wire needs, :class:`fws._wire.protocol.WireHost`), and that the connection
+    answers the wire's upcalls (:class:`fws._wire.protocol.Upcalls`).
     """
-    return conn, server, server
+    return conn, server, server, conn
 
 
 def make_service(
