@@ -14,14 +14,36 @@ on live objects.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # importing this module imports neither Autobahn nor Twisted
     from autobahn.websocket.types import ConnectionRequest
 
+    from fws.metrics import FwsMetrics
     from fws.storage_objects import StorageObject
 
 Payload = str | bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class CloseInfo:
+    """
+    How a connection ended: what the disconnect chain gets as ``data``.
+
+    The same close as fws's log line ("closed by the server: 4000 kicked")
+    describes: the code and reason of the side that closed first.
+    """
+
+    #: The close code: fws's when fws closed (``close``, a limit), the
+    #: client's otherwise; 1005 when the client's close frame carried none;
+    #: 1006 when the client went without a closing handshake.
+    code: int
+    #: The reason that came with the code (``None`` when none was given), or
+    #: how the connection ended uncleanly.
+    reason: str | None
+    #: Whether the closing handshake completed.
+    was_clean: bool
 
 
 @runtime_checkable
@@ -73,7 +95,11 @@ class Connection(Protocol):
         """
 
     def close(self, code: int = 1000, reason: str | None = None) -> None:
-        """Start the closing handshake, with any valid close code."""
+        """
+        Start the closing handshake, with any valid close code (1000-1003,
+        1007-1014, 3000-4999; ``ValueError`` for others). The reason is cut
+        to 123 bytes of UTF-8, at a character's end.
+        """
 
 
 @runtime_checkable
@@ -82,6 +108,11 @@ class Server(Protocol):
 
     #: This node's id: the prefix of its connection ids.
     node_id: str
+    #: Every resolved option, by its Python name (``options["jwt_audience"]``).
+    options: Mapping[str, Any]
+    #: The Prometheus registry when metrics are served (``metrics.registry``,
+    #: where a filter may register its own), else ``None``.
+    metrics: FwsMetrics | None
 
     @property
     def users(self) -> Mapping[str, Connection]:
@@ -94,6 +125,15 @@ class Server(Protocol):
     @property
     def storage_object(self) -> StorageObject:
         """Shared storage and pub/sub."""
+
+    def configured(self, module: str) -> Any:
+        """What filter module ``module``'s ``configure(config)`` returned (``KeyError`` if none)."""
+
+    def join_group(self, conn: Any, name: str) -> None:
+        """Put ``conn`` in token group ``name`` (on every node), leaving any group it was in."""
+
+    def leave_group(self, conn: Any) -> None:
+        """Take ``conn`` out of its token group, if it is in one."""
 
     def broadcast(self, payload: Payload, isBinary: bool | None = None, *,
                   exclude: Any = None, recipients: Iterable[Any] | None = None) -> int:
@@ -108,4 +148,4 @@ class Server(Protocol):
         """Send one message to every member of token group ``group``, on every node."""
 
 
-__all__ = ["Connection", "Payload", "Server"]
+__all__ = ["CloseInfo", "Connection", "Payload", "Server"]

@@ -17,11 +17,12 @@ from twisted.internet.task import LoopingCall
 
 from fws._wire.factory import WireFactory
 from fws._wire.outbound import Lane
+from fws._wire.payload import normalize_payload
 from fws.limits import CLOSE_GOING_AWAY, CLOSE_IDLE, Limits
-from fws.metrics import Stats
+from fws.metrics import FwsMetrics, Stats
 from fws.ordered import Ordered
 from fws.pipeline import FilterPipeline, run_chain
-from fws.protocol import FwsRawDataProtocol, FwsServerProtocol, normalize_payload
+from fws.protocol import FwsRawDataProtocol, FwsServerProtocol
 from fws.storage_objects import StorageObject
 
 
@@ -71,7 +72,7 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         self._lanes: dict[str, Lane] = {}
         self.storage_object = storage_object
         #: The Prometheus registry when metrics are served (:class:`fws.metrics.FwsMetrics`).
-        self.metrics: Any = None
+        self.metrics: FwsMetrics | None = None
         self.users: dict[str, FwsServerProtocol] = {}
         self.groups: dict[str, dict[str, FwsServerProtocol]] = {}
         #: The members' lanes, group by group, in the same order (see ``_lanes``).
@@ -179,6 +180,10 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         if conn in self.finishing and not self._past_deadline:
             return
         gone.pop(conn).callback(None)
+
+    def configured(self, module: str) -> Any:
+        """What filter module ``module``'s ``configure(config)`` returned (``KeyError`` if none)."""
+        return self.pipeline.state[module]
 
     def join_group(self, conn: FwsServerProtocol, name: str) -> None:
         """Put ``conn`` in token group ``name``, leaving any group it was in."""

@@ -9,7 +9,6 @@ the reactor.
 
 from __future__ import annotations
 
-import contextvars
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -25,6 +24,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.logger import Logger
 
+from fws._wire import payload as _payload
 from fws.filters.base import CHAIN_BASES, EVENTS, STOP, Refuse, StopChain, WebSocketFilter
 
 log = Logger()
@@ -32,12 +32,10 @@ log = Logger()
 FAILED: Any = object()
 """Outcome of a chain in which a filter raised: the rest of the chain was skipped."""
 
-#: While a message chain runs, the binary flag of the message being handled.
-#: :meth:`fws.protocol.FwsServerProtocol.sendMessage` reads it so that
+#: While a message chain runs, the binary flag of the message being handled:
+#: ``sendMessage`` reads it (fws._wire.payload) so that
 #: ``other.sendMessage(bytes(data))`` forwards text as text and binary as binary.
-current_message_binary: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
-    "fws_current_message_binary", default=None
-)
+current_message_binary = _payload.current_message_binary
 
 FilterFunc = Callable[[Any, Any], Any]
 
@@ -224,7 +222,7 @@ def load_pipeline(names: Iterable[str], config: Any = None) -> FilterPipeline:
     A module may define ``configure(config)``: it is called once per pipeline
     with the server's :class:`fws.config.Config` (or ``None``) to check its
     options, and what it returns is kept in ``pipeline.state[module_name]``
-    for the module's filters to use (``web_socket_instance.factory.pipeline``),
+    for the module's filters to use (``web_socket_instance.factory.configured(__name__)``),
     so that two servers in one process never share it.
 
     :raises FilterLoadError: a name cannot be imported, a module defines no

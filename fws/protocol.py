@@ -7,7 +7,7 @@ No business logic lives here: :class:`FwsServerProtocol` admits a handshake
 messages in arrival order even when filters go asynchronous (one
 :class:`fws.ordered.Ordered` runner, its disconnect last), applies the
 message rate limit, and makes ``sendMessage`` forgiving (str or bytes, text
-stays text, a closed connection is a no-op). An event whose chain is empty
+stays text, a closed connection is a no-op: :mod:`fws._wire.payload`). An event whose chain is empty
 does no work at all. What happens on the wire is :mod:`fws._wire`'s.
 """
 
@@ -19,12 +19,13 @@ from autobahn.twisted.websocket import ConnectionDeny
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred
 
-from fws._wire.protocol import CloseInfo, WireHost, WireProtocol
-from fws.connection import Server
+from fws._wire.payload import normalize_payload
+from fws._wire.protocol import WireHost, WireProtocol
+from fws.connection import CloseInfo, Server
 from fws.filters.base import Refuse
 from fws.limits import CLOSE_POLICY, origin_allowed
 from fws.ordered import MAX_BACKLOG, Ordered
-from fws.pipeline import FAILED, current_message_binary, run_chain
+from fws.pipeline import FAILED, run_chain
 
 if TYPE_CHECKING:
     from fws.pipeline import FilterPipeline
@@ -60,44 +61,6 @@ class ConnectionHost(WireHost, Server, Protocol):
 
 
 _DISCONNECT = object()
-
-
-def normalize_payload(payload: Any, is_binary: bool | None) -> tuple[bytes, bool]:
-    """
-    Turn what a filter hands to ``sendMessage`` into ``(bytes, is_binary)``.
-
-    ``str`` is text.  ``bytes``/``bytearray``/``memoryview`` with ``is_binary``
-    left as ``None`` take the kind of the message the current message chain is
-    handling (so ``other.sendMessage(bytes(data))`` forwards text as text and
-    binary as binary); outside a message chain (a consumer filter forwarding
-    pub/sub data, say) valid UTF-8 goes as text and anything else as binary.
-    Inferred text that is not valid UTF-8 (a filter cut a character in half)
-    goes as binary rather than making the client fail the connection.
-
-    :raises ValueError: ``is_binary=False`` was asked for bytes that are not UTF-8.
-    :raises TypeError: the payload is neither text nor bytes-like.
-    """
-    if type(payload) is str:
-        return payload.encode("utf-8"), bool(is_binary)
-    if type(payload) is not bytes:
-        if isinstance(payload, (bytearray, memoryview, bytes)):
-            payload = bytes(payload)
-        else:
-            raise TypeError(f"sendMessage takes str or bytes, not {type(payload).__name__}")
-    if is_binary:
-        return payload, True
-    explicit = is_binary is not None
-    if not explicit:
-        current = current_message_binary.get()
-        if current:
-            return payload, True
-    try:
-        payload.decode("utf-8")
-    except UnicodeDecodeError:
-        if explicit:
-            raise ValueError("a text message must be valid UTF-8; pass isBinary=True") from None
-        return payload, True
-    return payload, False
 
 
 class FwsServerProtocol(WireProtocol):
@@ -149,24 +112,6 @@ class FwsServerProtocol(WireProtocol):
         if self._groups_joined is None:
             self._groups_joined = set()
         return self._groups_joined
-
-    def sendMessage(
-        self,
-        payload: str | bytes | bytearray | memoryview,
-        isBinary: bool | None = None,
-        fragmentSize: int | None = None,
-        sync: bool = False,
-        doNotCompress: bool = False,
-    ) -> None:
-        """
-        Send one message; see :func:`normalize_payload` for how its kind is chosen.
-
-        Sending on a connection that is not open (closing, closed, or still in
-        its handshake) does nothing: a broadcast loop never fails because one
-        recipient just left.
-        """
-        data, binary = normalize_payload(payload, isBinary)
-        self.send(data, binary, fragmentSize, sync, doNotCompress)
 
     # --- the wire's upcalls --------------------------------------------------------------
 

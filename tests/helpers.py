@@ -47,6 +47,7 @@ class Client(WebSocketClientProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.close_code = code
+        self.factory.close_reason = reason
         if not self.factory.opened.called:
             self.factory.opened.errback(ConnectionError(f"handshake failed: {reason}"))
         self.factory.closed.callback(code)
@@ -85,6 +86,7 @@ class ClientFactory(WebSocketClientFactory):
         #: Messages and pings in the order they arrived: ("message" or "ping", payload).
         self.events: list[tuple[str, bytes]] = []
         self.close_code: int | None = None
+        self.close_reason: str | None = None
         self.closed: Deferred[int | None] = Deferred()
         self.noisy = False
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import autobahn.websocket.protocol as _autobahn_protocol
@@ -30,6 +29,8 @@ from twisted.logger import Logger
 from fws._wire.framing import encode_frame, parse_frames
 from fws._wire.handshake import REFUSAL_HEADERS, request_line_so_far
 from fws._wire.outbound import Lane, can_write_directly, unsent_bytes
+from fws._wire.payload import normalize_payload
+from fws.connection import CloseInfo
 from fws.limits import CLOSE_POLICY
 
 if TYPE_CHECKING:
@@ -88,15 +89,6 @@ class WireHost(Protocol):
 #: still holds for its client (see :meth:`WireProtocol._check_drained`):
 #: the kernel tells no one when a client has acknowledged its last byte.
 DRAIN_CHECK_INTERVAL = 0.25
-
-
-@dataclass(frozen=True)
-class CloseInfo:
-    """What the disconnect chain gets as ``data``."""
-
-    code: int | None
-    reason: str | None
-    was_clean: bool
 
 
 _pformat = _autobahn_protocol.pformat
@@ -291,18 +283,28 @@ class WireProtocol(WebSocketServerProtocol):
         """True while the client is ``--max-send-buffer`` behind and messages to it are dropped."""
         return self._lane.full
 
-    def send(self, data: bytes, binary: bool, fragmentSize: int | None = None,
-             sync: bool = False, doNotCompress: bool = False) -> None:
+    def sendMessage(
+        self,
+        payload: str | bytes | bytearray | memoryview,
+        isBinary: bool | None = None,
+        fragmentSize: int | None = None,
+        sync: bool = False,
+        doNotCompress: bool = False,
+    ) -> None:
         """
-        Send one message of ``data`` (text when not ``binary``: valid UTF-8,
-        the caller has checked), if the connection is open and its client
+        Send one message (see :func:`fws._wire.payload.normalize_payload` for
+        how its kind is chosen), if the connection is open and its client
         keeps up (else it is dropped and counted, ``--slow-consumer-action drop``).
+        Sending on a connection that is not open (closing, closed, or still
+        in its handshake) does nothing: a broadcast loop never fails because
+        one recipient just left.
 
         The fast path frames it here and queues it on the lane, to leave with
         this reactor turn's flush; compressed, fragmented, "sync" and chopped
         messages go through Autobahn, whose writes the lane orders after what
         it holds (:meth:`sendData`).
         """
+        data, binary = normalize_payload(payload, isBinary)
         if self.state != self.STATE_OPEN:
             return
         lane = self._lane
@@ -327,7 +329,7 @@ class WireProtocol(WebSocketServerProtocol):
         stats = self.factory.stats
         stats.messages_out += 1
         stats.bytes_out += len(data)
-        WebSocketServerProtocol.sendMessage(self, data, binary, fragmentSize, sync, doNotCompress)
+        super().sendMessage(data, binary, fragmentSize, sync, doNotCompress)  # type: ignore[no-untyped-call]
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         """
@@ -352,7 +354,15 @@ class WireProtocol(WebSocketServerProtocol):
         Autobahn's ``sendClose`` only lets applications use 1000 and
         3000-4999; a server also needs the protocol codes (1001 going away,
         1008 policy violation, 1009 too big), so this sends the frame itself.
-        The frame goes after everything already queued for the client.
+        The frame goes after everything already queued for the client. The
+        reason is cut to the 123 bytes a close frame holds, at a character's
+        end: a reason cut inside a character is not UTF-8, and the client
+        would fail the connection over it.
+
+        :raises ValueError: ``code`` is one no endpoint may send (1004-1006,
+            1015, or outside 1000-1014 and 3000-4999): the client would fail
+            the connection over it, so it is refused here, where the caller
+            can be told.
 
         :param drain: Start the close handshake timeout only once everything
             queued, the close frame last, has reached the client (see
@@ -360,9 +370,16 @@ class WireProtocol(WebSocketServerProtocol):
             (``FwsServerFactory.close_all``) bounds the wait, which nothing
             else would for a client that has stopped reading.
         """
+        if not _valid_close_code(code):
+            raise ValueError(f"close code {code} may not be sent: use 1000-1003, 1007-1014 "
+                             "or 3000-4999")
         if self.state != self.STATE_OPEN:
             return
-        reason_utf8 = reason.encode("utf-8")[:123] if reason else None
+        reason_utf8 = None
+        if reason:
+            reason_utf8 = reason.encode("utf-8")
+            if len(reason_utf8) > 123:
+                reason_utf8 = reason_utf8[:123].decode("utf-8", "ignore").encode("utf-8")
         self.sendCloseFrame(code=code, reasonUtf8=reason_utf8, isReply=False)
         if drain and self.state == self.STATE_CLOSING:
             self._drain()
@@ -451,8 +468,13 @@ class WireProtocol(WebSocketServerProtocol):
                 return
             if self.autoPingTimeoutCall is not None and self.autoPingRestartOnAnyTraffic:
                 self._cancelAutoPingTimeoutCall()
+        stats = self.factory.stats
         for payload, binary in frames:
-            self.onMessage(payload, binary)
+            # onMessage's counting, inline: one call less per message on the echo path.
+            self.messages_in += 1
+            stats.messages_in += 1
+            stats.bytes_in += len(payload)
+            self.message(payload, binary)
             if self.state != self.STATE_OPEN:
                 return
         if pos < len(data):
@@ -781,8 +803,10 @@ class WireProtocol(WebSocketServerProtocol):
         # it, or answers 1000), the client's otherwise; 1006 when no close frame came.
         by = "server" if self.closedByMe else "client"
         shown = self.localCloseCode if self.closedByMe and self.localCloseCode else code
-        if shown is None or (not wasClean and not self.closedByMe):
+        if not wasClean and not self.closedByMe:
             shown = 1006
+        elif shown is None:  # a close frame without a code (RFC 6455 7.1.5: 1005)
+            shown = 1005 if wasClean else 1006
         if self.closedByMe and self.localCloseCode:
             # Autobahn keeps the reason it sent as the UTF-8 bytes of the frame.
             sent = self.localCloseReason
@@ -802,7 +826,7 @@ class WireProtocol(WebSocketServerProtocol):
                            messages=f"{n} message" if n == 1 else f"{n} messages",
                            messages_in=n, clean=wasClean,
                            unclean=f" ({unclean})" if unclean else "")
-        self.closed(CloseInfo(code, reason, wasClean))
+        self.closed(CloseInfo(shown, reason, wasClean))
 
     def _take_frames(self, count: int) -> bool:
         """
@@ -903,7 +927,7 @@ for _name, _value in _IDLE_DEFAULTS.items():
 
 def _valid_close_code(code: int) -> bool:
     """
-    Whether a client may close with ``code``: RFC 6455 7.4's codes that may be
+    Whether an endpoint may close with ``code``: RFC 6455 7.4's codes that may be
     sent (not 1004, 1005, 1006 or 1015) and IANA's later 1012, 1013 and 1014,
     or one of 3000-4999 (registered and private use).
     """

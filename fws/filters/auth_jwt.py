@@ -94,7 +94,7 @@ class AuthJwt(WebSocketConnectFilter):
 
     @staticmethod
     def filter(web_socket_instance: Any, data: Any) -> None:
-        settings: JwtSettings = web_socket_instance.factory.pipeline.state[__name__]
+        settings: JwtSettings = web_socket_instance.factory.configured(__name__)
         token = token_from(data, settings)
         if token is None:
             raise Refuse(401, "a token is required")

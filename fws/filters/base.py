@@ -130,7 +130,7 @@ class WebSocketDisconnectFilter(WebSocketFilter):
     Runs once after an opened connection has closed.
 
     The connection has already left ``users`` and its token group; ``data``
-    is a :class:`fws.protocol.CloseInfo` (``code``, ``reason``, ``was_clean``).
+    is a :class:`fws.connection.CloseInfo` (``code``, ``reason``, ``was_clean``).
     """
 
     event = "disconnect"
