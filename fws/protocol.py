@@ -178,19 +178,31 @@ class FwsServerProtocol(WireProtocol):
         if ordered is not None:
             ordered.submit((payload, is_binary))
             return
-        outcome = self._run_message(payload, is_binary)
+        self.is_binary = is_binary
+        outcome = run_chain(self.factory.pipeline.message, self, bytearray(payload),
+                            event="message", conn_id=self.id, binary=is_binary)
         if outcome is not None and isinstance(outcome, Deferred):
             self._ordered = Ordered(self._run_item, busy_with=outcome, pause=self._pause_reading,
                                     resume=self._resume_reading)
 
     def closed(self, info: CloseInfo) -> None:
-        """Closed: no longer a user; the disconnect chain runs after every message before it."""
+        """
+        Closed: no longer a user; the disconnect chain runs after every message before it.
+
+        The runner holds this connection (its bound methods) and the
+        connection the runner: the connection lets go of it here, so that
+        the two make no reference cycle (issue 14); the runner finishes what
+        it holds, the disconnect last, held by the Deferred it waits for.
+        """
         factory = self.factory
         factory.unregister(self)
+        ordered = self._ordered
+        if ordered is not None:
+            self._ordered = None
         if not factory.pipeline.disconnect:
             return
-        if self._ordered is not None:
-            self._ordered.submit((_DISCONNECT, info))
+        if ordered is not None:
+            ordered.submit((_DISCONNECT, info))
             return
         self._run_disconnect(info)
 
@@ -279,6 +291,12 @@ class FwsRawDataProtocol(FwsServerProtocol):
     def _raw_done(self, _: Any, buf: bytearray) -> None:
         if buf:
             super().dataReceived(bytes(buf))
+
+    def connectionLost(self, reason: Any = None) -> None:
+        # No reads come after this: the runner (which holds this connection) goes,
+        # so that the two make no reference cycle; it finishes what it holds.
+        self._raw = None
+        super().connectionLost(reason)
 
 
 def _forwarded_client(peer: str, request: ConnectionRequest, limits: Any) -> str:

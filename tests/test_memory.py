@@ -13,13 +13,15 @@ from __future__ import annotations
 import gc
 import time
 import weakref
+from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet.task import deferLater
 
 from fws._wire.outbound import Lane
-from tests.helpers import Server
+from tests.helpers import Server, write_module
 from tests.processes import FwsProcess
 from tests.rawws import RawClient, frame
 
@@ -28,9 +30,38 @@ def _lanes() -> int:
     return sum(1 for o in gc.get_objects() if type(o) is Lane)
 
 
+#: Asynchronous data, message and disconnect filters: each connection gets its
+#: ordered runners (fws.ordered), which hold the connection while it holds them.
+ASYNC_FILTERS = """
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from fws.filters.base import WebSocketDataFilter, WebSocketDisconnectFilter, WebSocketMessageFilter
+
+class SlowData(WebSocketDataFilter):
+    @classmethod
+    def filter(cls, web_socket_instance, data):
+        return deferLater(reactor, 0, lambda: None)
+
+class SlowEcho(WebSocketMessageFilter):
+    @classmethod
+    def filter(cls, web_socket_instance, data):
+        payload = bytes(data)
+        return deferLater(reactor, 0, web_socket_instance.sendMessage, payload)
+
+class SlowBye(WebSocketDisconnectFilter):
+    @classmethod
+    def filter(cls, web_socket_instance, data):
+        return deferLater(reactor, 0, lambda: None)
+"""
+
+
+@pytest.mark.parametrize("filters", ["echo", "asynchronous"])
 @pytest_twisted.ensureDeferred
-async def test_closed_connections_are_freed_without_the_cycle_collector(reactor: Any) -> None:
-    server = Server.from_argv(reactor, "-f", "echo", "--log-level", "warn").start()
+async def test_closed_connections_are_freed_without_the_cycle_collector(
+    reactor: Any, filters: str, tmp_path: Path
+) -> None:
+    module = "echo" if filters == "echo" else write_module(tmp_path, ASYNC_FILTERS)
+    server = Server.from_argv(reactor, "-f", module, "--log-level", "warn").start()
     gc.collect()
     lanes_before = _lanes()
     gc.disable()
