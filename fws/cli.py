@@ -10,8 +10,9 @@ use ``twistd fws``.
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from fws.config import Config, ConfigError, resolve
 from fws.pipeline import FilterLoadError, load_pipeline
@@ -51,19 +52,111 @@ def start_logging(config: Config) -> None:
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
+# --- the reactor (--reactor) ----------------------------------------------------------------
+
+#: The asyncio loop :func:`install_reactor` put under the asyncio reactor, for the log line.
+_installed_loop: object = None
+
+
+def reactor_choice(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> str:
+    """
+    The ``--reactor`` value, read the way :func:`fws.config.resolve` will read it
+    (command line, then ``FWS_REACTOR``, then the ``-c`` file), but before it.
+
+    The reactor must be installed before anything imports
+    ``twisted.internet.reactor``, and resolving the configuration imports the
+    storage module, which may.  A value this cannot read (a bad file, an
+    unknown name) gives ``default`` here, and :func:`resolve` then reports it.
+    """
+    from fws.config import CORE_OPTIONS, _file_key, _prescan, read_config_file
+
+    environ = os.environ if environ is None else environ
+    [opt] = [o for o in CORE_OPTIONS if o.name == "reactor"]
+    value: object = _prescan(argv, "reactor")
+    if value is None:
+        found = opt.from_env(environ)
+        value = found[1] if found else None
+    if value is None:
+        path = _prescan(argv, "config") or environ.get("FWS_CONFIG")
+        try:
+            data = read_config_file(path) if path else {}
+        except ConfigError:
+            data = {}
+        for key, item in data.items():
+            if _file_key(key) in opt.names:
+                value = item
+    return value if isinstance(value, str) and value in (opt.choices or ()) else "default"
+
+
+def install_reactor(choice: str) -> None:
+    """
+    Install the reactor ``--reactor`` names, unless a reactor is installed already
+    (an embedding program's: :func:`check_reactor` then says whether it will do).
+
+    ``default`` is fws's epoll reactor (:mod:`fws._wire.reactor`) where the
+    platform has epoll, else Twisted's default.  ``asyncio`` is Twisted's
+    ``AsyncioSelectorReactor`` on a uvloop loop when uvloop can be imported
+    (it is a faster loop, and asyncio libraries cannot tell the difference),
+    else on asyncio's own loop: the reactor coroutine filters need to await
+    asyncio awaitables (aiohttp, redis.asyncio, asyncpg).
+    """
+    if "twisted.internet.reactor" in sys.modules:
+        return
+    if choice != "asyncio":
+        from fws._wire.reactor import install_if_possible
+
+        install_if_possible()
+        return
+    import asyncio
+
+    try:
+        import uvloop
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    else:
+        loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    from twisted.internet import asyncioreactor
+
+    asyncioreactor.install(loop)
+    global _installed_loop
+    _installed_loop = loop
+
+
+def check_reactor(choice: str) -> None:
+    """:raises ConfigError: ``--reactor asyncio`` was asked for, and another reactor is installed."""
+    if choice != "asyncio":
+        return
+    from twisted.internet import reactor
+    from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+    if not isinstance(reactor, AsyncioSelectorReactor):
+        raise ConfigError(f"--reactor asyncio: a {type(reactor).__name__} was installed before "
+                          "fws_server could install the asyncio reactor")
+
+
+def describe_reactor(reactor: object) -> str:
+    """The reactor's class, and for the asyncio reactor the loop's (uvloop or asyncio's)."""
+    name = type(reactor).__name__
+    if _installed_loop is not None:
+        loop = type(_installed_loop)
+        name += f" on {loop.__module__}.{loop.__name__}"
+    return name
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``fws_server`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
     if version_requested(args):
         sys.stdout.write(version_text())
         return
-    from fws._wire.reactor import install_if_possible
-
-    install_if_possible()  # before any filter module can import the default reactor
+    wanted = reactor_choice(args)
+    install_reactor(wanted)  # before any filter module can import the default reactor
     try:
         config = resolve(args, prog=PROG, print_help=sys.stdout.write)
         if config is None:
             return
+        check_reactor(config.options.get("reactor") or "default")
         pipeline = load_pipeline(config.filters, config)
     except (ConfigError, FilterLoadError) as e:
         fail_startup(PROG, str(e), 2)
@@ -89,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from fws._wire.framing import DESCRIPTION
 
     Logger(namespace="fws.cli").info("reactor: {reactor}; framing: {framing}",
-                                     reactor=type(reactor).__name__, framing=DESCRIPTION)
+                                     reactor=describe_reactor(reactor), framing=DESCRIPTION)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.callWhenRunning(install_stop_signals, reactor)

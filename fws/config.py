@@ -207,6 +207,10 @@ CORE_OPTIONS: tuple[Option, ...] = (
            "an empty one), for servers that only browsers connect to", "flag", False),
     Option("filter_timeout", "seconds an asynchronous filter may take before it is failed "
            "(0: no limit)", "float", 0.0, (), "SECONDS"),
+    Option("reactor", "event loop fws_server runs on: default (fws's epoll reactor) or asyncio "
+           "(Twisted's asyncio reactor, on uvloop when it is installed), which coroutine filters "
+           "that await asyncio libraries need; under twistd, give twistd --reactor asyncio",
+           "str", "default", (), "NAME", ("default", "asyncio")),
     # --- token groups and JWT (fws.filters.broadcast_messages_by_token, fws.filters.auth_jwt) ---
     Option("max_groups_per_connection", "distinct token groups one connection may join",
            "int", 32, (), "N"),

@@ -9,6 +9,7 @@ the reactor.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -16,16 +17,18 @@ import importlib.util
 import inspect
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from fws._wire import payload as _payload
 from fws.filters.base import CHAIN_BASES, EVENTS, STOP, Refuse, StopChain, WebSocketFilter
+from fws.storage_objects import subscript_problem
 
 log = Logger()
 
@@ -226,8 +229,9 @@ def load_pipeline(names: Iterable[str], config: Any = None) -> FilterPipeline:
     so that two servers in one process never share it.
 
     :raises FilterLoadError: a name cannot be imported, a module defines no
-        filter, or its ``configure`` rejects the configuration; the message is
-        one line.
+        filter, its ``configure`` rejects the configuration, or it reads
+        ``storage_object[key]`` where the configured storage cannot answer that
+        (:func:`fws.storage_objects.subscript_problem`); the message is one line.
     """
     chains: dict[str, list[FilterEntry]] = {event: [] for event in EVENTS}
     modules = []
@@ -246,6 +250,10 @@ def load_pipeline(names: Iterable[str], config: Any = None) -> FilterPipeline:
                 f"module {name!r} defines no filter (no class subclassing one of "
                 f"{', '.join(b.__name__ for b in CHAIN_BASES)})"
             )
+        # A 2014 read the configured storage cannot answer would fail on every event.
+        problem = subscript_problem(module, getattr(config, "storage", None))
+        if problem:
+            raise FilterLoadError(f"filter module {name!r}: {problem}")
         modules.append(module.__name__)
         for event, entry in found:
             chains[event].append(entry)
@@ -342,13 +350,18 @@ def run_chain(
         try:
             result = entry.func(target, data)
             if result is not None and inspect.iscoroutine(result):
-                # fromCoroutine copies the context now, so a coroutine filter keeps
-                # seeing current_message_binary for its whole life.
-                result = Deferred.fromCoroutine(result)
+                # Both ways of running it copy the context now, so a coroutine filter
+                # keeps seeing current_message_binary for its whole life.
+                result = run_coroutine(result)
         except StopChain:
             return STOP
         except propagate:
             raise
+        except RuntimeError as e:
+            if not _needs_asyncio(e, entry.name):
+                log.failure("filter {filter} failed on {event} for connection {conn_id}",
+                            filter=entry.name, event=event, conn_id=conn_id)
+            return FAILED
         except Exception:
             log.failure(
                 "filter {filter} failed on {event} for connection {conn_id}",
@@ -376,6 +389,140 @@ def run_chain(
     return None
 
 
+# --- coroutine filters: Twisted's trampoline, or asyncio tasks under the asyncio reactor ---
+
+
+def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Deferred[Any]:
+    """
+    Run a coroutine filter's coroutine; a ``Deferred`` of its result.
+
+    On fws's default reactor, Twisted runs it (``Deferred.fromCoroutine``): it
+    may await Deferreds, and its first step runs at once, so a coroutine that
+    never waits finishes before this returns.  When an asyncio loop runs
+    (``fws_server --reactor asyncio``, ``twistd --reactor asyncio``), it runs as
+    an asyncio task instead, because asyncio libraries need one: ``asyncio.sleep``,
+    aiohttp, redis.asyncio and asyncpg hand the coroutine asyncio futures that
+    only a task can wait for, and check ``asyncio.current_task()``.  The task's
+    coroutine may still await Deferreds (see :class:`_AwaitsDeferreds`).
+
+    Either way the ``Deferred`` is what the chain waits for, so per-connection
+    order and ``--filter-timeout`` work the same: cancelling it (the timeout)
+    cancels the task, and fails the message at once.
+    """
+    loop = asyncio._get_running_loop()
+    if loop is None:
+        return Deferred.fromCoroutine(coro)
+    task = loop.create_task(_in_task(coro))  # copies the context, as fromCoroutine does
+    return _deferred_of(task)
+
+
+async def _in_task(coro: Coroutine[Any, Any, Any]) -> Any:
+    return await _AwaitsDeferreds(coro)
+
+
+class _AwaitsDeferreds:
+    """
+    An awaitable that runs ``coro`` inside an asyncio task and lets it await Deferreds.
+
+    Awaiting a Deferred yields the Deferred itself up to whatever drives the
+    coroutine, which for an asyncio task is an error ("Task got bad yield").
+    This stands between the two: a Deferred that comes up is waited for with an
+    asyncio future that completes when it fires (leaving its result to the
+    coroutine, which reads it when resumed); asyncio futures pass through to
+    the task untouched, and the task's cancellation is passed down (a Deferred
+    being waited for is cancelled, as Twisted would).
+    """
+
+    __slots__ = ("coro",)
+
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self.coro = coro
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro = self.coro
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                out = coro.send(value) if error is None else coro.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            value = error = None
+            if isinstance(out, Deferred):
+                fired = asyncio.get_running_loop().create_future()
+                out.addBoth(_fire_future, fired)
+                try:
+                    yield from fired
+                except asyncio.CancelledError:
+                    out.cancel()  # the coroutine sees Twisted's CancelledError where it awaits
+                    if not out.called:
+                        error = asyncio.CancelledError()
+                except BaseException as e:
+                    error = e
+                continue
+            try:
+                value = yield out
+            except BaseException as e:
+                error = e
+
+
+def _fire_future(result: Any, future: asyncio.Future[None]) -> Any:
+    if not future.done():
+        future.set_result(None)
+    return result
+
+
+def _deferred_of(task: asyncio.Task[Any]) -> Deferred[Any]:
+    """
+    A Deferred of ``task``'s outcome; cancelling it cancels the task and fails at once
+    (with Twisted's ``CancelledError``, which ``addTimeout`` turns into its timeout).
+    """
+    def cancel(_: Deferred[Any]) -> None:
+        task.cancel()
+
+    d: Deferred[Any] = Deferred(cancel)
+
+    def done(task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            error: BaseException | None = CancelledError()
+        else:
+            error = task.exception()  # also marks the task's error as seen
+        if d.called:  # cancelled already
+            return
+        if error is None:
+            d.callback(task.result())
+        else:
+            d.errback(Failure(error, type(error), error.__traceback__))
+
+    task.add_done_callback(done)
+    return d
+
+
+#: The error asyncio gives code that needs a running loop when none runs.
+_NO_LOOP = ("no running event loop", "await wasn't used with future")
+
+#: Per filter, how many of its calls failed for want of the asyncio reactor.
+asyncio_failures: dict[str, int] = {}
+
+
+def _needs_asyncio(error: BaseException, name: str) -> bool:
+    """
+    Whether ``error`` is asyncio saying no loop runs (the filter awaited an asyncio
+    awaitable on fws's default reactor); if so, say once per filter what to do,
+    count the rest (logging again at 10, 100, 1000, ... of them), and return True.
+    """
+    if not isinstance(error, RuntimeError) or str(error) not in _NO_LOOP:
+        return False
+    if asyncio._get_running_loop() is not None:
+        return False  # some other cause; let the traceback tell it
+    count = asyncio_failures[name] = asyncio_failures.get(name, 0) + 1
+    if count == 1 or str(count).strip("0") == "1":
+        log.error("filter {filter} awaits asyncio, which needs fws_server --reactor asyncio "
+                  "(twistd --reactor asyncio fws under twistd); its calls fail until then "
+                  "({count} so far)", filter=name, count=count)
+    return True
+
+
 def _timed(entry: FilterEntry, event: str, metrics: Any) -> FilterFunc:
     """``entry.func``, observed: latency until it (or its Deferred) finishes, and errors."""
     from time import perf_counter
@@ -397,7 +544,7 @@ def _timed(entry: FilterEntry, event: str, metrics: Any) -> FilterFunc:
             error()
             raise
         if result is not None and inspect.iscoroutine(result):
-            result = Deferred.fromCoroutine(result)
+            result = run_coroutine(result)
         if result is not None and isinstance(result, Deferred):
             def done(value: Any) -> Any:
                 observe(perf_counter() - start)
@@ -445,6 +592,8 @@ def _failed(
     if failure.check(TimeoutError):
         log.error("filter {filter} timed out on {event} for connection {conn_id}; the rest of "
                   "the chain was skipped", filter=name, event=event, conn_id=conn_id)
+        return FAILED
+    if failure.check(RuntimeError) and _needs_asyncio(failure.value, name):
         return FAILED
     log.failure(
         "filter {filter} failed on {event} for connection {conn_id}",
