@@ -24,11 +24,23 @@ to ``server.deliver_relayed``. :class:`StorageBase` has the single-process
 defaults of everything but the filter-facing methods; :func:`complete` gives
 them to a storage object written for the five-method contract of earlier
 releases.
+
+The 2014 read, ``storage_object[key]``, answered at once with the set under
+``key``. The memory storage object still answers it (a :class:`Members`); a
+storage object that cannot answer without waiting (Redis) says so in its
+module (``SUBSCRIPT_READS = False``), and :func:`subscript_problem` then
+refuses, at load time and so in ``--check``, a filter module that reads it,
+with what to write instead (:data:`SUBSCRIPT_FIX`).
 """
 
 from __future__ import annotations
 
+import ast
+import importlib
+import inspect
+import sys
 from collections.abc import Callable, Iterable, Mapping
+from types import ModuleType
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -130,6 +142,71 @@ class StorageBase:
         return ()
 
 
+class Members(set[bytes]):
+    """
+    The values stored under one key, as bytes, in which a ``str`` is found as
+    its UTF-8 encoding: ``web_socket_instance.id in members`` works although
+    ``add(key, web_socket_instance.id)`` stored it as bytes (2014 filters test
+    ids that way).
+    """
+
+    __slots__ = ()
+
+    def __contains__(self, value: object) -> bool:
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        elif isinstance(value, (bytearray, memoryview)):
+            value = bytes(value)
+        return set.__contains__(self, value)
+
+
+#: What to write instead of ``storage_object[key]`` where a storage object cannot answer
+#: it at once: the one read every storage object has, awaited.
+SUBSCRIPT_FIX = ("make the filter `async def filter(cls, web_socket_instance, data)` and read "
+                 "`members = await web_socket_instance.storage_object.get(key)` instead")
+
+
+def subscript_lines(module: ModuleType) -> list[int]:
+    """
+    The lines of ``module``'s source that read ``<anything>.storage_object[...]``
+    (or a bare ``storage_object[...]``): the 2014 read, found without running it.
+    """
+    try:
+        tree = ast.parse(inspect.getsource(module))
+    except (OSError, TypeError, SyntaxError, ValueError):
+        return []
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript):
+            value = node.value
+            name = value.attr if isinstance(value, ast.Attribute) else getattr(value, "id", None)
+            if name == "storage_object":
+                lines.append(node.lineno)
+    return sorted(lines)
+
+
+def subscript_problem(module: ModuleType, storage: str | None) -> str | None:
+    """
+    Why the filter ``module`` cannot run on storage module ``storage``
+    (``None``: it can): it reads ``storage_object[key]``, which that storage
+    declares it cannot answer at once (``SUBSCRIPT_READS = False``), so the
+    filter would fail on every event; better one line before anything listens.
+    """
+    if not storage:
+        return None
+    try:
+        storage_module = sys.modules.get(storage) or importlib.import_module(storage)
+    except Exception:
+        return None  # the configuration reports an unusable storage module itself
+    if getattr(storage_module, "SUBSCRIPT_READS", True):
+        return None
+    lines = subscript_lines(module)
+    if not lines:
+        return None
+    where = f"{(module.__file__ or module.__name__).rsplit('/', 1)[-1]}, line {lines[0]}"
+    return f"{where} reads storage_object[...], which {storage} cannot answer at once: {SUBSCRIPT_FIX}"
+
+
 #: What every storage object must have itself (the filter-facing methods and attach).
 REQUIRED = ("attach", "get", "add", "remove", "publish")
 _DEFAULTS = ("shared", "health", "relay", "member_joined", "member_left", "collect_metrics")
@@ -155,4 +232,5 @@ def complete(storage: Any, name: str) -> StorageObject:
     return result
 
 
-__all__ = ["REQUIRED", "Consumer", "StorageBase", "StorageObject", "StorageServer", "complete"]
+__all__ = ["REQUIRED", "SUBSCRIPT_FIX", "Consumer", "Members", "StorageBase", "StorageObject",
+           "StorageServer", "complete", "subscript_lines", "subscript_problem"]

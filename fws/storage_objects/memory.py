@@ -7,6 +7,10 @@ Every method returns an already-fired ``Deferred`` (pub/sub delivery itself
 happens on the next reactor turn, as it would through Redis, so a consumer
 filter that publishes never recurses into itself).  Every published channel is
 delivered: in one process there is nobody else to subscribe.
+
+``storage_object[key]``, the 2014 read, works here as it did then: it returns
+the set under ``key`` at once (a :class:`fws.storage_objects.Members`, empty
+if there is none, in which ``str`` values are found as their UTF-8 bytes).
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from fws.storage_objects import Consumer, StorageBase
+from fws.storage_objects import Consumer, Members, StorageBase
+
+#: ``storage_object[key]`` is answered at once (see :func:`fws.storage_objects.subscript_problem`).
+SUBSCRIPT_READS = True
 
 
 class MemoryStorage(StorageBase, Service):
@@ -34,7 +41,11 @@ class MemoryStorage(StorageBase, Service):
         self.consumer = server.deliver_pubsub
 
     def get(self, key: str) -> Deferred[set[bytes]]:
-        return succeed(set(self._sets.get(key, ())))
+        return succeed(Members(self._sets.get(key, ())))
+
+    def __getitem__(self, key: str) -> Members:
+        """The 2014 read: a copy of the set under ``key``, at once (empty if none)."""
+        return Members(self._sets.get(key, ()))
 
     def add(self, key: str, value: str | bytes) -> Deferred[bool]:
         value = _bytes(value)

@@ -25,13 +25,19 @@ so each user gets it exactly once, in the sender's order, and never the
 sender.  While Redis is down, local delivery goes on and relays fail fast
 (counted and logged); pub/sub messages published during an outage are lost
 (Redis pub/sub keeps nothing).
+
+``storage_object[key]``, the 2014 read, cannot be answered without waiting
+for Redis (2014 blocked the whole server for it): a filter module that reads
+it is refused when it is loaded (and so by ``--check``), and a read that gets
+past that raises a ``TypeError`` saying what to write instead
+(:data:`fws.storage_objects.SUBSCRIPT_FIX`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.application.service import MultiService
@@ -47,9 +53,13 @@ from fws.redis_service import (
     RedisUnavailable,
     parse_redis_url,
 )
-from fws.storage_objects import StorageBase, StorageServer
+from fws.storage_objects import SUBSCRIPT_FIX, Members, StorageBase, StorageServer
 
 log = Logger()
+
+#: ``storage_object[key]`` cannot be answered at once (see
+#: :func:`fws.storage_objects.subscript_problem`).
+SUBSCRIPT_READS = False
 
 def _redis_option(name: str, help: str, kind: str, default: Any, metavar: str) -> Option:
     return Option(name, help, kind, default, (), metavar, underscore_first=True)
@@ -177,7 +187,12 @@ class RedisStorage(StorageBase, MultiService):
         return f"{self.key}:{key}"
 
     def get(self, key: str) -> Deferred[set[bytes]]:
-        return self.redis.execute("smembers", self._k(key)).addCallback(lambda r: set(r or ()))
+        return self.redis.execute("smembers", self._k(key)).addCallback(lambda r: Members(r or ()))
+
+    def __getitem__(self, key: str) -> NoReturn:
+        """The 2014 read, which Redis cannot answer at once: say what to write instead."""
+        raise TypeError(f"storage_object[{key!r}] cannot be read from Redis without waiting: "
+                        f"{SUBSCRIPT_FIX}")
 
     def add(self, key: str, value: str | bytes) -> Deferred[bool]:
         return self.redis.execute("sadd", self._k(key), [value]).addCallback(bool)
