@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import textwrap
@@ -161,14 +162,26 @@ class Server:
             await client.closed
 
 
+def _package_dirs() -> tuple[tuple[str, str], ...]:
+    """Each counted package's own directory (a ``/fws/`` in a path also matches a checkout named fws)."""
+    import autobahn
+
+    import fws
+    import twisted
+
+    return tuple((module.__name__, os.path.dirname(module.__file__ or "") + os.sep)
+                 for module in (fws, autobahn, twisted))
+
+
 def count_calls(function: Any) -> Counter[str]:
     """Python-level calls made while ``function`` runs, by ``package:function``."""
     calls: Counter[str] = Counter()
+    packages = _package_dirs()
 
     def profiler(frame: Any, event: str, arg: Any) -> None:
         if event == "call":
             path = frame.f_code.co_filename
-            package = next((p for p in ("fws", "autobahn", "twisted") if f"/{p}/" in path), "other")
+            package = next((name for name, where in packages if path.startswith(where)), "other")
             calls[f"{package}:{frame.f_code.co_name}"] += 1
         elif event == "c_call":
             if (getattr(arg, "__module__", None) or "").startswith("fws."):

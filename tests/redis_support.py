@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-import pytest
+from tests.system_tools import program
 
 
 def free_port() -> int:
@@ -24,12 +22,7 @@ class RedisProcess:
     """redis-server with nothing on disk; ``kill()`` and ``start()`` keep the same port."""
 
     def __init__(self, directory: Path, port: int | None = None) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            if os.environ.get("CI"):
-                pytest.fail("redis-server is not installed; .ci/run should have installed it")
-            pytest.skip("redis-server is not installed (.ci/run installs it)")
-        self.exe = exe
+        self.exe = program("redis-server", "redis-server")
         self.directory = directory
         self.port = port or free_port()
         assert self.port != 6379

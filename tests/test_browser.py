@@ -19,19 +19,16 @@ from typing import Any
 import pytest
 
 from tests.processes import FwsProcess
+from tests.system_tools import module, program
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = ROOT / "examples" / "chat"
 SCREENSHOT = ROOT / "docs" / "_static" / "chat.png"
-MISSING = "install chromium and chromium-driver (Debian) — .ci/run does"
 WAIT = 20  # seconds; a safety net, never a measurement
 
 
-def _binaries() -> tuple[str, str] | None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver") or (
-        "/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None)
-    return (browser, driver) if browser and driver else None
+def _binaries() -> tuple[str, str]:
+    return program("chromium", "chromium"), program("chromedriver", "chromium-driver")
 
 
 @pytest.fixture
@@ -46,14 +43,11 @@ def server(processes: list[FwsProcess]) -> FwsProcess:
 @pytest.fixture
 def browser() -> Iterator[Any]:
     """A factory of headless Chromium pages, all quit at the end."""
-    found = _binaries()
-    if found is None:
-        pytest.skip(MISSING)
-    pytest.importorskip("selenium", reason="pip install -e '.[test]' installs selenium")
+    chromium, chromedriver = _binaries()
+    module("selenium")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    chromium, chromedriver = found
     drivers: list[Any] = []
 
     def open_page(url: str) -> Any:

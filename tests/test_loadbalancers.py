@@ -8,21 +8,19 @@ processes joined by a private Redis, real WebSocket clients.
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.processes import FwsProcess
 from tests.redis_support import RedisProcess, free_port
+from tests.system_tools import program
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "docs" / "deploy"
-MISSING = "install it (Debian: nginx-light, haproxy) — .ci/run does"
 
 
 def start_nodes(processes: list[FwsProcess], redis: RedisProcess) -> dict[str, int]:
@@ -75,9 +73,7 @@ def survive_node_stop(url: str, nodes: list[FwsProcess]) -> None:
 
 
 def test_nginx_config(tmp_path: Path, redis: RedisProcess, processes: list[FwsProcess]) -> None:
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-    if nginx is None:
-        pytest.skip(f"nginx is not installed: {MISSING}")
+    nginx = program("nginx", "nginx-light")
     ports = start_nodes(processes, redis)
     snippet = tmp_path / "fws.conf"
     snippet.write_text(with_ports((DEPLOY / "nginx.conf").read_text(), ports)
@@ -113,10 +109,7 @@ http {{
 
 
 def test_haproxy_config(tmp_path: Path, redis: RedisProcess, processes: list[FwsProcess]) -> None:
-    haproxy = shutil.which("haproxy") or (
-        "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
-    if haproxy is None:
-        pytest.skip(f"haproxy is not installed: {MISSING}")
+    haproxy = program("haproxy", "haproxy")
     ports = start_nodes(processes, redis)
     config = tmp_path / "haproxy.cfg"
     # Check every 200 ms instead of 2 s: the test waits for the checks to see both nodes.

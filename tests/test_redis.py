@@ -16,6 +16,7 @@ from twisted.internet.task import deferLater
 from fws.config import resolve
 from tests.helpers import Server
 from tests.redis_support import RedisProcess
+from tests.system_tools import module
 
 
 def redis_config(redis: RedisProcess, *extra: str) -> dict[str, Any]:
@@ -311,7 +312,7 @@ def test_subscriber_uses_hiredis_when_installed() -> None:
 
     from fws._wire.redis import SubscriberProtocol
 
-    hiredis = pytest.importorskip("hiredis")
+    hiredis = module("hiredis")
     assert hiredis is not None
     assert issubclass(SubscriberProtocol, txredisapi.HiredisProtocol)
 

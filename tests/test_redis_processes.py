@@ -15,8 +15,9 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests.processes import BIN, FwsProcess
 from tests.redis_support import RedisProcess
+from tests.system_tools import module
 
-redis_py = pytest.importorskip("redis")
+redis_py = module("redis")
 
 LEGACY = {"STORAGE_OBJECT_MODULE": "filtered_websocket.storage_objects.redis"}
 

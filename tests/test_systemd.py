@@ -12,7 +12,8 @@ next one.
 
 from __future__ import annotations
 
-import shutil
+import re
+import shlex
 import signal
 import socket
 import struct
@@ -31,6 +32,7 @@ from websockets.sync.client import connect
 from tests.processes import BIN, FwsProcess
 from tests.rawws import handshake_request
 from tests.redis_support import free_port
+from tests.system_tools import program
 
 ENDPOINT = "systemd:domain=INET:index=0"
 #: Safety net only: nothing here should take more than a second or two.
@@ -122,9 +124,7 @@ def test_serves_clients_on_the_inherited_socket(listener: socket.socket,
 def test_systemd_socket_activate_starts_it(front_end: str, processes: list[FwsProcess],
                                            tmp_path: Path) -> None:
     """systemd's own launcher (what fws.socket does, on the command line) and the unit's twistd."""
-    tool = shutil.which("systemd-socket-activate")
-    if tool is None:
-        pytest.skip("systemd-socket-activate is not installed (Debian: systemd)")
+    tool = program("systemd-socket-activate", "systemd")
     port = free_port()
     server = ([str(BIN / "fws_server")] if front_end == "fws_server"
               else [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "fws"])
@@ -309,3 +309,137 @@ def test_stopping_does_not_reset_a_connection_accepted_before_sigterm(
     # The handshake completed (101), then the same close as every other client got.
     assert response.startswith(b"HTTP/1.1 101"), response
     assert proc.wait(TIMEOUT) == 0
+
+
+# --- the units in docs/deploy, as written --------------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+UNITS = ("fws.socket", "fws.service")
+#: The directories systemd creates for these settings (for a system unit), by name.
+UNIT_DIRECTORIES = {"RuntimeDirectory": "/run", "StateDirectory": "/var/lib",
+                    "CacheDirectory": "/var/cache", "LogsDirectory": "/var/log",
+                    "ConfigurationDirectory": "/etc"}
+
+
+def unit_settings(name: str) -> list[tuple[str, str, str]]:
+    """(section, key, value) of a unit file in docs/deploy, continuation lines joined."""
+    settings = []
+    section = ""
+    pending = ""
+    for line in (DOCS / "deploy" / name).read_text().splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith(("#", ";"))):
+            continue
+        line = pending + line.strip()
+        if line.endswith("\\"):
+            pending = line[:-1].strip() + " "
+            continue
+        pending = ""
+        if line.startswith("["):
+            section = line.strip("[]")
+        else:
+            key, _, value = line.partition("=")
+            settings.append((section, key.strip(), value.strip()))
+    return settings
+
+
+def exec_start() -> list[str]:
+    (command,) = [v for s, k, v in unit_settings("fws.service") if k == "ExecStart"]
+    return shlex.split(command)
+
+
+def install_commands() -> list[list[str]]:
+    """The shell commands of deployment.rst's code blocks, as argument lists."""
+    commands = []
+    in_block = False
+    for line in (DOCS / "deployment.rst").read_text().splitlines():
+        if line.startswith(".. code-block:: sh"):
+            in_block = True
+        elif in_block and line and not line.startswith(" "):
+            in_block = False
+        elif in_block and line.strip():
+            text = line.strip().split(" #", 1)[0]
+            for part in text.split(" && "):
+                commands.append(shlex.split(part))
+    return commands
+
+
+def created_by_commands() -> set[str]:
+    """Directories deployment.rst's commands create: install -d DIR..., python3 -m venv DIR."""
+    created = set()
+    for argv in install_commands():
+        if argv[:2] == ["install", "-d"]:
+            args = iter(argv[2:])
+            for arg in args:
+                if arg in ("-o", "-g", "-m"):
+                    next(args)
+                elif not arg.startswith("-"):
+                    created.add(arg)
+        elif argv[1:3] == ["-m", "venv"]:
+            created.add(argv[3])
+    return created
+
+
+def test_every_path_the_service_uses_is_created() -> None:
+    """What ``fws.service`` names exists once the documented commands ran and systemd set up."""
+    settings = unit_settings("fws.service")
+    by_unit = {f"{UNIT_DIRECTORIES[k]}/{name}" for _, k, v in settings if k in UNIT_DIRECTORIES
+               for name in v.split()}
+    by_commands = created_by_commands()
+    assert "/opt/fws" in by_commands, "the install steps create the virtualenv"
+    paths = [(k, path) for _, k, v in settings
+             for path in re.findall(r"(?<![\w:/.])/[\w./-]+", v)]
+    assert ("WorkingDirectory", "/etc/fws") in paths and ("ExecStart", "/opt/fws/bin/twistd") in paths
+    for key, path in paths:
+        assert any(path == d or path.startswith(d + "/") for d in by_unit | by_commands), \
+            f"{key}={path} in fws.service: neither the unit nor docs/deployment.rst creates it"
+    # The working directory in particular does not depend on a step being followed.
+    assert "/etc/fws" in by_unit
+
+
+def test_the_daemon_example_creates_its_directories() -> None:
+    """deployment.rst's ``twistd --pidfile ... --logfile ...``: their directories come first."""
+    created: set[str] = set()
+    daemons = 0
+    for argv in install_commands():
+        if argv[:2] == ["install", "-d"]:
+            created |= created_by_commands() & set(argv)
+        if argv[0] != "twistd":
+            continue
+        for option in ("--pidfile", "--logfile"):
+            if option in argv and argv[argv.index(option) + 1]:
+                daemons += option == "--pidfile"
+                directory = str(Path(argv[argv.index(option) + 1]).parent)
+                assert directory in created, f"{' '.join(argv)}: nothing creates {directory}"
+    assert daemons >= 1
+
+
+def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    """systemd's own check: every key known, the socket and service consistent, ExecStart found."""
+    tool = program("systemd-analyze", "systemd")
+    for name in UNITS:  # ExecStart= pointing at this virtualenv instead of /opt/fws
+        text = (DOCS / "deploy" / name).read_text().replace("/opt/fws/bin/", f"{BIN}/")
+        (tmp_path / name).write_text(text)
+    result = subprocess.run([tool, "verify", "--man=no", *(f"./{n}" for n in UNITS)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    report = result.stdout + result.stderr
+    assert result.returncode == 0, report
+    assert not [line for line in report.splitlines() if "fws." in line], report
+
+
+def test_the_service_command_line_resolves(tmp_path: Path) -> None:
+    """fws.service's ExecStart, with --check: its options, endpoints and storage all parse."""
+    argv = exec_start()
+    assert argv[0] == "/opt/fws/bin/twistd"
+    at = argv.index("fws")
+    argv = [str(BIN / "twistd"), *argv[1:at + 1], "--check", *argv[at + 1:]]
+    with socket.socket() as held:  # what fws.socket passes as fd 3
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        result = subprocess.run([sys.executable, "-c", SYSTEMD_EXEC, str(held.fileno()), *argv],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                                pass_fds=(held.fileno(),))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("configuration OK\n")
+    assert f"listen:  {ENDPOINT}" in result.stdout
+    assert "admin:   tcp:9101:interface=127.0.0.1" in result.stdout
+    assert "storage: fws.storage_objects.redis" in result.stdout

@@ -16,11 +16,11 @@ import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
-import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.processes import BIN, FwsProcess
 from tests.redis_support import RedisProcess, free_port
+from tests.system_tools import program
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIAL = ROOT / "docs" / "tutorial.rst"
@@ -52,9 +52,7 @@ def test_the_tutorial_commands_are_the_ones_tested() -> None:
 
 
 def test_tutorial(tmp_path: Path, redis: RedisProcess, processes: list[FwsProcess]) -> None:
-    haproxy = "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
-    if haproxy is None:
-        pytest.skip("haproxy is not installed: install it (Debian: haproxy) — .ci/run does")
+    haproxy = program("haproxy", "haproxy")
     ports = {"9000": free_port(), "9001": free_port(), "9002": free_port(),
              "9101": free_port(), "9102": free_port(), "8080": free_port(),
              "6380": redis.port}
