@@ -7,6 +7,7 @@ a packaging bug).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -25,14 +26,54 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel, built offline with this environment's setuptools (the ``test`` extra's)."""
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
          "-w", str(out), str(ROOT)],
-        check=True, env=clean_env(), cwd=out,
+        env=clean_env(), cwd=out, capture_output=True, text=True,
     )
+    assert result.returncode == 0, f"pip wheel failed:\n{result.stdout}{result.stderr}"
     [built] = out.glob("fws-*.whl")
     return built
+
+
+# --- the README's commands are what .ci/run runs ------------------------------------------------
+
+README = (ROOT / "README.md").read_text()
+CI_RUN = (ROOT / ".ci" / "run").read_text()
+
+
+def readme_block(heading: str) -> list[str]:
+    """The indented command lines of the README section ``heading``."""
+    section = README.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return [line[4:] for line in section.splitlines() if line.startswith("    ")]
+
+
+def ci_commands() -> list[str]:
+    """The commands of .ci/run after its system packages: from the line after ``export CI=true``."""
+    lines = [line.strip() for line in CI_RUN.splitlines()]
+    start = lines.index("export CI=true") + 1
+    return [line for line in lines[start:] if line and not line.startswith("#")]
+
+
+def test_ci_runs_exactly_the_readme_commands() -> None:
+    [install] = readme_block("Install and run")
+    test = readme_block("Run the tests")[0]
+    assert install.endswith(" && fws_server") and test == ".venv/bin/python -m pytest"
+    assert ci_commands() == [install.removesuffix(" && fws_server"), f"exec {test}"]
+    # nothing before it installs Python packages a user's run would lack
+    assert CI_RUN.count("pip ") == 1 and ".venv" not in CI_RUN.split("export CI=true")[0]
+
+
+def test_ci_installs_the_packages_the_readme_lists() -> None:
+    [apt] = [line for line in readme_block("Run the tests") if line.startswith("apt-get install")]
+    listed = [word for word in apt.split()[2:] if not word.startswith("-")]
+    installed = re.findall(r"^need ([\w.-]+)|packages\+=\(([\w.-]+)\)", CI_RUN, re.M)
+    assert sorted(a or b for a, b in installed) == sorted(listed)
+    for package in ("redis-server", "nginx-light", "haproxy", "chromium", "chromium-driver",
+                    "systemd", "prometheus"):
+        assert package in listed and f"`{package}`" in README
 
 
 def test_wheel_contents(wheel: Path) -> None:
@@ -93,3 +134,23 @@ def test_importing_fws_installs_no_reactor(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=clean_env(),
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("ci", ["", "true"])
+def test_a_missing_program_skips_naming_its_package_but_fails_under_ci(tmp_path: Path, ci: str) -> None:
+    (tmp_path / "test_needs.py").write_text(
+        "from tests.system_tools import program\n\n"
+        "def test_needs_it():\n"
+        "    program('fws-no-such-program', 'fws-no-such-package')\n")
+    env = {k: v for k, v in clean_env(PYTHONPATH=str(ROOT)).items() if k != "CI"}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rsf",
+                             "test_needs.py"], cwd=tmp_path, env={**env, "CI": ci} if ci else env,
+                            capture_output=True, text=True)
+    if ci:
+        assert result.returncode == 1, result.stdout
+        assert "fws-no-such-program is missing under CI=true: apt-get install fws-no-such-package" \
+            in result.stdout
+    else:
+        assert result.returncode == 0 and "1 skipped" in result.stdout, result.stdout
+        assert "fws-no-such-program is not installed: apt-get install fws-no-such-package" \
+            in result.stdout
