@@ -15,6 +15,11 @@ from importlib.metadata import PackageNotFoundError, version
 
 import fws
 
+#: What every response of fws says it comes from (``Server:``): WebSocket handshakes and
+#: their refusals, static files, health, metrics and the admin endpoint alike, rather than
+#: Autobahn's or TwistedWeb's name and version (fws's version is the one a bug report needs).
+SERVER = f"fws/{fws.__version__}"
+
 #: (shown name, distribution name) of what goes into a bug report.
 DEPENDENCIES = (("Twisted", "twisted"), ("Autobahn", "autobahn"), ("txredisapi", "txredisapi"))
 

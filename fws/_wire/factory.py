@@ -25,6 +25,7 @@ from fws._wire.protocol import WireProtocol
 from fws.limits import Limits
 from fws.metrics import Stats
 from fws.timers import BucketTimer
+from fws.versions import SERVER
 
 #: The connection class a factory builds.
 P = TypeVar("P", bound=WireProtocol)
@@ -60,8 +61,8 @@ class WireFactory(WebSocketServerFactory, Generic[P]):
 
     def __init__(self, *, reactor: IReactorTime, limits: Limits, stats: Stats, node_id: str,
                  log_connections: bool, protocol: type[P] | None = None) -> None:
-        # "Server: fws" rather than Autobahn's name and version in every handshake response.
-        super().__init__(url=None, reactor=reactor, server="fws")  # type: ignore[no-untyped-call]
+        # "Server: fws/VERSION" rather than Autobahn's name and version in every handshake response.
+        super().__init__(url=None, reactor=reactor, server=SERVER)  # type: ignore[no-untyped-call]
         # Autobahn's handshake, ping and close timeouts, with O(1) cancel (see fws.timers).
         self._batched_timer = BucketTimer(reactor)
         self.limits = limits

@@ -7,8 +7,25 @@ cheaply on both ports (``--max-handshake-size``, ``--max-handshake-headers``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from fws.versions import SERVER
+
 #: What fws's own refusals of a request head say besides their status (as fws.web's do).
-REFUSAL_HEADERS = (("Connection", "close"), ("Content-Length", "0"))
+#: Autobahn writes a refusal with only the headers it is given: the ``Server`` it puts on
+#: its 101 (the factory's ``server``) must be given too, or refusals say nothing of it.
+REFUSAL_HEADERS = (("Server", SERVER), ("Connection", "close"), ("Content-Length", "0"))
+
+
+def refusal_headers(headers: Iterable[tuple[str, str]] | None) -> list[tuple[str, str]]:
+    """
+    The headers of a refused handshake: ``headers`` (Autobahn's own, such as
+    ``Sec-WebSocket-Version`` on a 400, or :data:`REFUSAL_HEADERS`) with
+    fws's ``Server`` first, once, whatever ``headers`` said it was.
+    """
+    given = [(name, value) for name, value in headers or ()
+             if name.lower() != "server"]
+    return [("Server", SERVER), *given]
 
 #: Bytes no HTTP request line holds (control characters; CR only in its CRLF).
 _NOT_IN_REQUEST_LINE = bytes(range(0x00, 0x0d)) + bytes(range(0x0e, 0x20)) + b"\x7f"

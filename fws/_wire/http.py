@@ -74,6 +74,8 @@ class ChannelHost(Protocol):
     #: HTTP connections not taken over by a WebSocket: they count towards the
     #: accept cap (the channel adds itself and takes itself off).
     http_channels: int
+    #: What responses say in ``Server:`` (the WebSocket handshake's, Autobahn's factory option).
+    server: str
 
     @property
     def limits(self) -> ChannelLimits:
@@ -280,8 +282,9 @@ class BoundedChannel(HTTPChannel):
                            peer=getattr(peer, "host", None) or str(peer), status=status,
                            reason=reason, detail=detail)
         if transport is not None:
-            transport.write(f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
-                            "Content-Length: 0\r\n\r\n".encode())
+            # The WebSocket handshake's Server (and twisted.web's for the requests it answers).
+            transport.write(f"HTTP/1.1 {status} {reason}\r\nServer: {factory.server}\r\n"
+                            "Connection: close\r\nContent-Length: 0\r\n\r\n".encode())
             self.loseConnection()  # type: ignore[no-untyped-call]
 
 
