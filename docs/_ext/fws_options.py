@@ -17,22 +17,26 @@ from docutils import nodes
 from docutils.parsers.rst import Directive, directives
 
 
-def _cell(text: str) -> nodes.entry:
-    entry = nodes.entry()
-    entry += nodes.paragraph(text=text)
-    return entry
+def _literal(text: str) -> nodes.literal:
+    return nodes.literal(text, text)
 
 
-def _literal_cell(text: str) -> nodes.entry:
-    entry = nodes.entry()
-    para = nodes.paragraph()
-    para += nodes.literal(text=text)
-    entry += para
-    return entry
+def _join(parent: nodes.Element, items: list[nodes.Node], sep: str = ", ") -> None:
+    for i, item in enumerate(items):
+        if i:
+            parent += nodes.Text(sep)
+        parent += item
 
 
 class FwsOptions(Directive):
-    """``.. fws-options:: [module]`` with an optional ``:only: name, name`` list."""
+    """``.. fws-options:: [module]`` with an optional ``:only: name, name`` list.
+
+    Each option is a definition-list entry rather than a table row: the option names are
+    the term, and the meaning, with the environment variable, the config-file key and the
+    default on a line of their own, is the definition. A four-column table of these was
+    wider than any page (its "meaning" column was clipped off screen); a list reads at any
+    width and keeps every option name whole and literal.
+    """
 
     optional_arguments = 1
     option_spec = {"only": directives.unchanged}
@@ -50,31 +54,36 @@ class FwsOptions(Directive):
             if missing:
                 raise self.error(f"unknown options: {', '.join(missing)}")
             options = tuple(by_name[n] for n in wanted)
-        table = nodes.table()
-        group = nodes.tgroup(cols=4)
-        table += group
-        for width in (30, 18, 12, 40):
-            group += nodes.colspec(colwidth=width)
-        head = nodes.thead()
-        row = nodes.row()
-        for title in ("option", "environment / config key", "default", "meaning"):
-            row += _cell(title)
-        head += row
-        group += head
-        body = nodes.tbody()
+        document = self.state.document
+        listing = nodes.definition_list(classes=["fws-options"])
         for opt in options:
-            row = nodes.row()
-            row += _literal_cell(", ".join(opt.option_strings))
-            row += _literal_cell(f"{opt.env_var} / \"{opt.name}\"")
+            item = nodes.definition_list_item()
+            term = nodes.term()
+            anchor = nodes.make_id(f"option-{opt.name}")
+            if anchor not in document.ids:  # the first listing of an option on a page
+                term["ids"].append(anchor)
+                document.ids[anchor] = term
+            _join(term, [_literal(s) for s in opt.option_strings])
+            item += term
+            definition = nodes.definition()
+            meaning = opt.help + ("" if opt.kind != "flag" else " (a switch: list it under "
+                                  "\"flags\" in a config file)")
+            definition += nodes.paragraph(text=meaning)
+            where = nodes.paragraph(classes=["fws-option-keys"])
+            where += nodes.Text("environment ")
+            where += _literal(opt.env_var)
+            where += nodes.Text(", config key ")
+            where += _literal(f'"{opt.name}"')
             default = opt.default
             if isinstance(default, tuple):
                 default = " ".join(default)
-            row += _cell("" if default in (None, "", False, ()) else str(default))
-            row += _cell(opt.help + ("" if opt.kind != "flag" else " (a switch: list it under "
-                                     "\"flags\" in a config file)"))
-            body += row
-        group += body
-        return [table]
+            if default not in (None, "", False, ()):
+                where += nodes.Text(", default ")
+                where += _literal(str(default))
+            definition += where
+            item += definition
+            listing += item
+        return [listing]
 
 
 def setup(app: Any) -> dict[str, Any]:
