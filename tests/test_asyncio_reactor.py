@@ -249,3 +249,19 @@ def test_check_names_no_reactor_problem(tmp_path: Path, choice: str) -> None:
                             cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert f"{name}.Sleepy" in result.stdout
+
+
+def test_bundled_filters_and_redis_storage_on_the_asyncio_reactor(
+        processes: list[FwsProcess], tmp_path: Path, redis: RedisProcess) -> None:
+    """The rest of fws (txredisapi's storage and subscriber, broadcasts) runs there as before."""
+    proc = start(processes, "--reactor", "asyncio", "--storage", "fws.storage_objects.redis",
+                 "--redis-port", str(redis.port), "--redis-host", "127.0.0.1",
+                 "-f", "fws.filters.broadcast_messages", "fws.filters.broadcast_pubsub",
+                 cwd=tmp_path)
+    proc.wait_for_line("subscribed to")
+    with connect(proc.url) as a, connect(proc.url) as b:
+        a.send("hello b")
+        assert texts(b, 1) == ["hello b"]
+        assert redis.publish("global", "from Redis") == 1
+        assert texts(a, 1) == ["from Redis"]
+        assert texts(b, 1) == ["from Redis"]
