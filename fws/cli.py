@@ -131,8 +131,8 @@ def check_reactor(choice: str) -> None:
     from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 
     if not isinstance(reactor, AsyncioSelectorReactor):
-        raise ConfigError(f"--reactor asyncio: a {type(reactor).__name__} was installed before "
-                          "fws_server could install the asyncio reactor")
+        raise ConfigError(f"--reactor asyncio: another reactor ({type(reactor).__name__}) was "
+                          "installed before fws_server could install the asyncio one")
 
 
 def describe_reactor(reactor: object) -> str:

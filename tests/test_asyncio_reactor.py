@@ -265,3 +265,14 @@ def test_bundled_filters_and_redis_storage_on_the_asyncio_reactor(
         assert redis.publish("global", "from Redis") == 1
         assert texts(a, 1) == ["from Redis"]
         assert texts(b, 1) == ["from Redis"]
+
+
+def test_asyncio_asked_for_with_another_reactor_installed(tmp_path: Path) -> None:
+    """A program that installed its own reactor before fws_server's main() cannot get asyncio."""
+    code = ("from twisted.internet import epollreactor; epollreactor.install(); "
+            "from fws.cli import main; main()")
+    result = subprocess.run([sys.executable, "-c", code, "--reactor", "asyncio", "-f", "echo",
+                             "--check"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr == ("fws_server: error: --reactor asyncio: another reactor (EPollReactor) "
+                             "was installed before fws_server could install the asyncio one\n")
