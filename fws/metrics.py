@@ -14,22 +14,85 @@ Each server has its own :class:`~prometheus_client.CollectorRegistry`, not
 the process-global one, so several servers in one process (tests, embedding
 applications) do not collide; an application that wants its own metrics next
 to fws's registers them on ``factory.metrics.registry``.
+
+Next to fws's own metrics the registry has what Prometheus users expect of
+any Python exporter: ``process_*`` (CPU, resident memory, open and maximum
+file descriptors, start time; read from ``/proc`` at scrape time, so Linux
+only), ``python_info`` and ``python_gc_*`` (collections per generation),
+from prometheus_client's own collectors, so that the usual dashboards and
+alerts for Python processes work on fws unchanged.
 """
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 #: Filter latency buckets in seconds: filters are usually microseconds, an
 #: asynchronous one that waits on Redis or HTTP milliseconds to seconds.
 FILTER_BUCKETS = (0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
                   5.0, 10.0)
+
+#: Reactor lag buckets in seconds. A healthy reactor runs its timers within a
+#: millisecond or two; tens of milliseconds mean it is busy, and a tick that is
+#: seconds late means something blocked it (every client waited that long).
+#: The alert rules (docs/deploy/fws-alerts.yml) match only bounds below 1,
+#: which every Prometheus version writes alike (3.x writes "1.0" as "1").
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class LagHistogram:
+    """
+    How late each heartbeat tick ran (:class:`fws.web.Heartbeat`), as plain
+    counts: one bisect and three additions per tick (once a second), turned
+    into the ``fws_reactor_lag_seconds`` histogram only when Prometheus
+    scrapes. A histogram, not the last value, because a blocked reactor shows
+    in one tick: a gauge read every 15 s would miss it 14 times in 15.
+    """
+
+    __slots__ = ("counts", "sum", "count")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LAG_BUCKETS) + 1)  # the last one: over every bound
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, lag: float) -> None:
+        """Count one tick that ran ``lag`` seconds late."""
+        self.counts[bisect_left(LAG_BUCKETS, lag)] += 1
+        self.sum += lag
+        self.count += 1
+
+    def family(self) -> HistogramMetricFamily:
+        """The ``fws_reactor_lag_seconds`` histogram (cumulative buckets)."""
+        buckets = []
+        total = 0
+        for bound, n in zip((*LAG_BUCKETS, float("inf")), self.counts):
+            total += n
+            buckets.append((floatToGoString(bound), total))
+        return HistogramMetricFamily(
+            "fws_reactor_lag_seconds",
+            "How late the reactor ran its once-a-second heartbeat timer; "
+            "a tick seconds late means something blocked the reactor that long.",
+            buckets=buckets, sum_value=self.sum)
 
 
 class Stats:
@@ -136,19 +199,27 @@ class FwsCollector(Collector):
         if self.service is not None:
             yield GaugeMetricFamily("fws_ready", "1 when /readyz says ready.",
                                     value=1 if self.service.readiness()[0] else 0)
+            heartbeat = getattr(self.service, "heartbeat", None)
+            if heartbeat is not None:
+                yield heartbeat.lags.family()
         yield from factory.storage_object.collect_metrics()
 
 
 class FwsMetrics:
     """
-    One server's Prometheus registry: the :class:`FwsCollector` and the
-    per-filter metrics.
+    One server's Prometheus registry: the :class:`FwsCollector`, the
+    per-filter metrics, and the process, platform and garbage collector
+    metrics of prometheus_client (``process_*``, ``python_info``,
+    ``python_gc_*``), which it otherwise puts only on its global registry.
     """
 
     def __init__(self) -> None:
         from prometheus_client import Counter
 
         self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self.filter_seconds = Histogram(
             "fws_filter_seconds",
             "Time a filter took per call, until its Deferred or coroutine finished "
@@ -171,4 +242,4 @@ class FwsMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-__all__ = ["FILTER_BUCKETS", "FwsCollector", "FwsMetrics", "Stats"]
+__all__ = ["FILTER_BUCKETS", "LAG_BUCKETS", "FwsCollector", "FwsMetrics", "LagHistogram", "Stats"]

@@ -81,7 +81,7 @@ def exported(text: str) -> set[str]:
 
 
 def documented() -> set[str]:
-    return set(re.findall(r"^   \* - ``(fws_\w+)``$", OPERATIONS.read_text(), re.M))
+    return set(re.findall(r"^   \* - ``((?:fws|process|python)_\w+)``$", OPERATIONS.read_text(), re.M))
 
 
 # --- health and readiness --------------------------------------------------------------------
