@@ -22,6 +22,7 @@ extensions = [
     "sphinx.ext.viewcode",
     "fws_options",
     "fws_literal_options",
+    "fws_code_lines",
 ]
 autodoc_member_order = "bysource"
 autodoc_typehints = "none"
