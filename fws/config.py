@@ -14,6 +14,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -28,6 +29,8 @@ LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 
 #: The environment variable the 2014 project used to pick its storage object.
 STORAGE_ENV = "STORAGE_OBJECT_MODULE"
+#: The storage module whose options (``--redis_*``) exist only once it is selected.
+REDIS_STORAGE = "fws.storage_objects.redis"
 
 
 class ConfigError(Exception):
@@ -417,6 +420,9 @@ def _file_values(data: Mapping[str, Any], options: Sequence[Option], path: str) 
                 out[opt.name] = True
             continue
         opt = by_key.get(_file_key(key))
+        if opt is None and _file_key(key).startswith("redis") \
+                and not any(o.name.startswith("redis_") for o in options):
+            raise ConfigError(f"config file {path}: {_needs_redis(repr(key))}")
         if opt is None:
             raise ConfigError(f"config file {path}: unknown option {key!r}")
         if opt.name == "config":
@@ -469,6 +475,12 @@ def resolve(
     parser = build_parser(prog, extra, add_help=False)
     parser.add_argument("-h", "--help", action="store_true", dest="_help", default=False,
                         help="show this help message and exit")
+    if modern_name(storage_name) != REDIS_STORAGE:
+        known = {string for opt in options for string in opt.option_strings}
+        for arg in argv:
+            head = arg.partition("=")[0]
+            if head.startswith("--redis") and head not in known:
+                raise ConfigError(_needs_redis(head))
     ns = parser.parse_args(list(argv))
     if ns._help:
         if print_help is not None:
@@ -488,6 +500,39 @@ def resolve(
             values[opt.name] = _coerce(opt, given[opt.name], "command line")
     values["storage"] = storage_name
     return _build(values, extra)
+
+
+def _needs_redis(option: str) -> str:
+    """
+    What an option of the Redis storage says while another storage is selected:
+    its options are only known once it is (they are the storage module's, and
+    the default storage keeps everything in this process).
+    """
+    return (f"{option} is an option of the Redis storage, which is not selected: select it "
+            f"first with --storage {REDIS_STORAGE} (or {STORAGE_ENV}={REDIS_STORAGE})")
+
+
+#: An ``--allowed-origins`` entry: ``scheme://host[:port]`` (lower case, ``*`` wildcards, an
+#: IPv6 host in brackets), as browsers send ``Origin``; ``null`` and a lone ``*`` are checked apart.
+_ORIGIN = re.compile(r"[a-z*][a-z0-9+.*-]*://(?:\[[0-9a-f:.*]+\]|[a-z0-9*_.~-]+)(?::(?:[0-9]+|\*))?")
+
+
+def origin_problem(origin: str) -> str | None:
+    """
+    Why an ``--allowed-origins`` entry can match no browser's ``Origin``, or
+    ``None``: an origin is ``scheme://host[:port]``, without a path, query or
+    user name (browsers send nothing else), or ``null``; ``*`` is a wildcard.
+    A typo such as ``example.com`` or ``https://app.example.com/chat`` would
+    otherwise refuse every browser with 403 and say nothing at startup.
+    """
+    text = origin.strip().lower().rstrip("/")
+    if text in ("*", "null") or _ORIGIN.fullmatch(text):
+        return None
+    if "://" not in text:
+        hint = f" (e.g. https://{text})" if text and "/" not in text else ""
+        return f"allowed_origins: {origin!r} is not an origin: no scheme{hint}"
+    return (f"allowed_origins: {origin!r} is not an origin: scheme://host[:port] without a path, "
+            "with * wildcards, or null")
 
 
 def _build(values: Mapping[str, Any], extra: Sequence[Option]) -> Config:
@@ -518,6 +563,10 @@ def _build(values: Mapping[str, Any], extra: Sequence[Option]) -> Config:
     stop_timeout = float(values.get("stop_timeout", 5.0))
     if stop_timeout < 0:
         raise ConfigError("stop_timeout must not be negative")
+    for origin in values.get("allowed_origins") or ():
+        problem = origin_problem(origin) if origin.strip() else None
+        if problem is not None:
+            raise ConfigError(problem)
     try:
         limits = limits_from_options(values)
     except LimitError as e:

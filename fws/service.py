@@ -9,6 +9,7 @@ Building opens nothing (no socket, no Redis connection): twistd calls
 from __future__ import annotations
 
 import gc
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -78,11 +79,13 @@ class ListeningService(Service):
     """
 
     def __init__(self, endpoints: list[tuple[str, IStreamServerEndpoint]], factory: Any,
-                 name: str = "websocket", what: str = "fws") -> None:
+                 name: str = "websocket", what: str = "fws", label: str = "WebSocket") -> None:
         self.endpoints = endpoints
         self.factory = factory
         self.setName(name)
         self.what = what
+        #: Which endpoint a listen failure names ("the WebSocket endpoint", "the admin endpoint").
+        self.label = label
         self.ports: list[IListeningPort] = []
 
     def privilegedStartService(self) -> None:
@@ -97,7 +100,8 @@ class ListeningService(Service):
             result = results[0]
             if isinstance(result, Failure):
                 self._close_ports()
-                raise ListenError(f"cannot listen on {description}: {_listen_reason(result)}")
+                raise ListenError(f"cannot listen on the {self.label} endpoint {description}: "
+                                  f"{_listen_reason(result)}")
             self.ports.append(result)
             log.info("{what} listening on {address} ({endpoint})", what=self.what,
                      address=_address(result), endpoint=description)
@@ -124,7 +128,7 @@ def _listen_reason(failure: Failure) -> str:
         inner = error.socketError
         text = getattr(inner, "strerror", None) or str(inner)
         return str(text).lower() if text else "cannot listen"
-    return str(error) or type(error).__name__
+    return _one_line(error)
 
 
 def _address(port: IListeningPort) -> str:
@@ -277,21 +281,233 @@ def with_backlog(description: str) -> str:
 def parse_endpoints(config: Config, reactor: Any,
                     descriptions: tuple[str, ...] | None = None
                     ) -> list[tuple[str, IStreamServerEndpoint]]:
-    """Parse every listen string now, so a typo or a bad key file fails before anything starts."""
+    """
+    Parse every listen string now, so a typo, a bad key file, a socket's
+    missing directory or an interface that cannot be fails before anything
+    starts (and in ``--check``), each in words (:func:`endpoint_problem`).
+    """
     endpoints = []
     for description in config.listen if descriptions is None else descriptions:
+        problem = endpoint_problem(description)
+        if problem is not None:
+            raise ConfigError(f"bad endpoint {description!r}: {problem}")
         try:
             endpoints.append((description, serverFromString(reactor, with_backlog(description))))
         except Exception as e:  # ValueError, OpenSSL errors, KeyError for unknown arguments ...
-            raise ConfigError(f"bad endpoint {description!r}: {_one_line(e)}") from e
+            reason = _tls_load_problem(description) or _one_line(e)
+            raise ConfigError(f"bad endpoint {description!r}: {reason}") from e
     return endpoints
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(e) or type(e).__name__
+    if isinstance(e, OSError) and e.strerror:  # "[Errno 2] No such file ...: 'x'" in words
+        text = e.strerror.lower() + (f": {e.filename}" if e.filename else "")
+    else:
+        text = str(e) or type(e).__name__
     if "OpenSSL" in type(e).__module__ or type(e).__name__ == "Error":
         text = f"invalid key or certificate ({text})"
     return " ".join(text.split())
+
+
+def endpoint_arguments(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """
+    An endpoint string's type (lower case), positional and keyword arguments,
+    split as Twisted splits them: ``:`` between arguments, the first ``=`` of
+    one between its name and value, ``\\`` escaping the character after it.
+    """
+    parts: list[list[str]] = [[""]]
+    escaped = False
+    for char in description:
+        if escaped:
+            parts[-1][-1] += char
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append([""])
+        elif char == "=" and len(parts[-1]) == 1:
+            parts[-1].append("")
+        else:
+            parts[-1][-1] += char
+    kind = parts[0][0].strip().lower() if len(parts[0]) == 1 else ""
+    args = [part[0] for part in parts[1:] if len(part) == 1]
+    kwargs = {part[0]: part[1] for part in parts[1:] if len(part) == 2}
+    return kind, args, kwargs
+
+
+def endpoint_problem(description: str) -> str | None:
+    """
+    What is wrong with a ``tcp:``, ``ssl:`` or ``unix:`` endpoint string that
+    Twisted would only find out when listening (or report as an OpenSSL error
+    tuple): a TLS key or certificate that does not load, an interface that is
+    no address, a unix socket's directory that is not there. ``None`` when
+    nothing is (or for the endpoint types Twisted checks alone).
+    """
+    kind, args, kwargs = endpoint_arguments(description)
+    if kind in ("tcp", "ssl"):
+        interface = kwargs.get("interface", "")
+        problem = interface_problem(interface) if interface else None
+        if problem is not None:
+            return problem
+    if kind == "ssl":
+        key = kwargs.get("privateKey") or "server.pem"  # Twisted's defaults
+        cert = kwargs.get("certKey") or key
+        return tls_problem(key, cert, kwargs.get("extraCertChain"), kwargs.get("dhParameters"))
+    if kind == "unix":
+        path = kwargs.get("address") or (args[0] if args else "")
+        return unix_socket_problem(path)
+    return None
+
+
+def interface_problem(interface: str) -> str | None:
+    """
+    Why ``interface`` cannot be what a TCP listener binds, or ``None``: an IP
+    address (IPv4, or IPv6 with an optional ``%scope``), or a host name this
+    machine resolves to an IPv4 address (Twisted binds names as IPv4).
+    """
+    import ipaddress
+    import socket
+
+    text = interface.strip()
+    try:
+        ipaddress.ip_address(text.split("%", 1)[0] if ":" in text else text)
+        return None
+    except ValueError:
+        pass
+    if ":" in text or all(c.isdigit() or c == "." for c in text):
+        return f"interface {interface} is not an IP address"
+    try:
+        socket.getaddrinfo(text, None, socket.AF_INET, socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return (f"interface {interface} is neither an IP address nor a host name this machine "
+                "resolves")
+    return None
+
+
+def unix_socket_problem(path: str) -> str | None:
+    """Why a unix socket cannot be created at ``path`` (its directory), or ``None``."""
+    import os
+
+    if not path or path.startswith(("@", "\0")):  # abstract sockets have no directory
+        return None
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        what = "is not a directory" if os.path.exists(directory) else "does not exist"
+        return f"the socket's directory {directory} {what} (create it first)"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"the socket's directory {directory} is not writable (the socket goes there)"
+    return None
+
+
+#: A private key's PEM block, whole (group 1: the kind, "RSA ", "ENCRYPTED " ...; group 2: the body).
+_PEM_KEY = re.compile(rb"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY-----(.*?)-----END \1PRIVATE KEY-----",
+                      re.S)
+_PEM_KEY_BEGIN = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
+_PEM_CERT = re.compile(rb"-----BEGIN (?:X509 |TRUSTED )?CERTIFICATE-----")
+_PEM_CERT_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
+
+
+def _read_tls_file(label: str, path: str) -> bytes | str:
+    """The content of a TLS file, or why it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return f"TLS {label} file {path} does not exist"
+    except IsADirectoryError:
+        return f"TLS {label} file {path} is a directory"
+    except PermissionError:
+        return f"TLS {label} file {path} is not readable by this user"
+    except OSError as e:
+        return f"TLS {label} file {path} cannot be read: {(e.strerror or str(e)).lower()}"
+
+
+def tls_problem(key: str, cert: str, chain: str | None = None,
+                dh: str | None = None) -> str | None:
+    """
+    Why the files of an ``ssl:`` endpoint cannot serve TLS, in words, or
+    ``None`` when this cannot tell (Twisted then loads them).
+
+    Twisted reads the certificate file and then the key file as one text and
+    takes the first certificate and the first private key in it (so one file
+    holding both serves as either); found here the same way.  An encrypted
+    key is refused before OpenSSL sees it: OpenSSL would ask for its
+    passphrase on the terminal, which a daemon has not got.
+    """
+    contents: dict[str, bytes] = {}
+    for label, path in (("certificate", cert), ("key", key), ("certificate chain", chain),
+                        ("Diffie-Hellman parameters", dh)):
+        if path is None or path in contents:
+            continue
+        data = _read_tls_file(label, path)
+        if isinstance(data, str):
+            return data
+        contents[path] = data
+    both = contents[cert] + b"\n" + contents[key]
+    owner = cert if _PEM_KEY_BEGIN.search(contents[cert]) else key
+    if _PEM_KEY_BEGIN.search(both) is None:
+        held = " (it holds a certificate)" if _PEM_CERT.search(contents[key]) else ""
+        return f"{key} holds no private key{held}"
+    found = _PEM_KEY.search(both)
+    if found is None:
+        return f"{owner} holds a damaged private key (its PEM block does not end)"
+    if b"ENCRYPTED" in found.group(1) or b"Proc-Type: 4,ENCRYPTED" in found.group(2):
+        return (f"{owner} holds an encrypted private key, and fws cannot ask for its "
+                f"passphrase: decrypt it first (openssl pkey -in {owner} -out plain-key.pem)")
+    if _PEM_CERT.search(both) is None:
+        held = " (it holds a private key)" if _PEM_KEY.search(contents[cert]) else ""
+        return f"{cert} is not a PEM certificate{held}"
+    if chain is not None and _PEM_CERT.search(contents[chain]) is None:
+        return f"{chain} holds no PEM certificate (extraCertChain= is the chain's file)"
+    return None
+
+
+def _tls_load_problem(description: str) -> str | None:
+    """
+    Why the key and certificate of an ``ssl:`` endpoint that Twisted could not
+    load do not load, in words (rather than OpenSSL's error tuples), or ``None``.
+    """
+    kind, _, kwargs = endpoint_arguments(description)
+    if kind != "ssl":
+        return None
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_pem_private_key,
+    )
+
+    key_path = kwargs.get("privateKey") or "server.pem"
+    cert_path = kwargs.get("certKey") or key_path
+    try:
+        with open(cert_path, "rb") as f:
+            cert_data = f.read()
+        with open(key_path, "rb") as f:
+            key_data = f.read()
+    except OSError:
+        return None
+    both = cert_data + b"\n" + key_data
+    found = _PEM_KEY.search(both)
+    if found is None:
+        return None
+    owner = cert_path if _PEM_KEY.search(cert_data) else key_path
+    try:
+        private = load_pem_private_key(found.group(0), password=None)
+    except (ValueError, TypeError):
+        return (f"{owner} holds a private key that cannot be read (damaged, or of a kind OpenSSL "
+                "does not know)")
+    block = _PEM_CERT_BLOCK.search(both)
+    if block is None:
+        return None
+    try:
+        certificate = x509.load_pem_x509_certificate(block.group(0))
+    except ValueError:
+        return f"{cert_path} holds a certificate that cannot be read (damaged?)"
+    public = (certificate.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo),
+              private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    if public[0] != public[1]:
+        return f"the private key in {owner} does not belong to the certificate in {cert_path}"
+    return None
 
 
 def _keeps_the_promises(
@@ -352,7 +568,7 @@ def make_service(
 
         def admin(service: FwsService) -> ListeningService:
             return ListeningService(admin_endpoints, admin_site(service, metrics), name="admin",
-                                    what="fws admin (/healthz /readyz /metrics)")
+                                    what="fws admin (/healthz /readyz /metrics)", label="admin")
 
     service = FwsService(config, factory, storage, listener, metrics=metrics,
                          heartbeat=heartbeat, admin=admin)

@@ -441,7 +441,8 @@ BAD_CASES = {
     "invalid json": (["-c", "broken.json"], "invalid JSON", 2),
     "unknown config key": (["-c", "unknown.json"], "unknown option 'colour'", 2),
     "missing key file": (["-key", "missing.pem", "-cert", "missing.pem"], "does not exist", 2),
-    "bad key content": (["-key", "notpem.txt", "-cert", "notpem.txt"], "invalid key or certificate", 2),
+    "bad key content": (["-key", "notpem.txt", "-cert", "notpem.txt"],
+                        "notpem.txt holds no private key", 2),
     "filter not found": (["-f", "no_such_filter_mod"], "not found", 2),
     "module without filters": (["-f", "nofilters"], "defines no filter", 2),
     "syntax error in module": (["-f", "syntaxerr"], "SyntaxError", 2),
@@ -495,6 +496,6 @@ def test_port_in_use(tmp_path: Path, front_end: str) -> None:
             assert not (tmp_path / "twistd.pid").exists()
     assert result.returncode == 1
     prog = "fws_server" if front_end == "fws_server" else "twistd fws"
-    assert result.stderr == f"{prog}: error: cannot listen on tcp:{port}:interface=127.0.0.1: " \
-        "address already in use\n"
+    assert result.stderr == f"{prog}: error: cannot listen on the WebSocket endpoint " \
+        f"tcp:{port}:interface=127.0.0.1: address already in use\n"
     assert "Traceback" not in result.stdout
