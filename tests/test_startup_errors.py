@@ -73,6 +73,8 @@ def write_tls(directory: Path) -> None:
     (directory / "damaged.pem").write_text(
         "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5IGF0IGFsbA==\n-----END PRIVATE KEY-----\n")
     (directory / "junk.txt").write_text("this is not a PEM file\n")
+    (directory / "damaged-cert.pem").write_text(
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n")
 
 
 @pytest.fixture
@@ -105,6 +107,10 @@ TLS_CASES = {
                                    "certificate in cert.pem"),
     "damaged key": (["-key", "damaged.pem", "-cert", "cert.pem"],
                     "damaged.pem holds a private key that cannot be read"),
+    "damaged certificate": (["-key", "key.pem", "-cert", "damaged-cert.pem"],
+                            "damaged-cert.pem holds a certificate that cannot be read"),
+    "impossible interface": (["--listen", "ssl:{port}:privateKey=key.pem:interface=300.1.1.1"],
+                             "interface 300.1.1.1 is not an IP address"),
     "missing chain file": (["--listen",
                             "ssl:{port}:privateKey=key.pem:certKey=cert.pem:extraCertChain=ca.pem"],
                            "TLS certificate chain file ca.pem does not exist"),
