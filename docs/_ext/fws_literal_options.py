@@ -44,7 +44,11 @@ def _skipped(node: nodes.Node) -> bool:
 
 
 def literal_options(document: nodes.document) -> None:
-    """Replace each option name in the document's plain text with a literal node."""
+    """Replace each option name in the document's plain text with a literal node, and mark
+    every literal that is an option name (``fws-option``: fws.css keeps it on one line)."""
+    for literal in document.findall(nodes.literal):
+        if OPTION.fullmatch(literal.astext()) and "fws-option" not in literal["classes"]:
+            literal["classes"].append("fws-option")
     for text in list(document.findall(nodes.Text)):
         value = str(text)
         if "-" not in value or text.parent is None or _skipped(text):
