@@ -25,6 +25,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
 from fws._wire.http import BoundedChannel, hand_over
+from fws.metrics import LagHistogram
 from fws.static import StaticFiles
 
 #: How often the heartbeat that measures reactor lag ticks, in seconds.
@@ -36,7 +37,8 @@ class Heartbeat:
     Measures how late the reactor runs a timer: the lag ``/healthz`` reports.
 
     A reactor blocked by a filter that does blocking I/O answers nothing while
-    it is blocked; afterwards the lag says how long that was.
+    it is blocked; afterwards the lag says how long that was.  Every tick's lag
+    goes to ``lags``, the ``fws_reactor_lag_seconds`` histogram of ``/metrics``.
     """
 
     def __init__(self, reactor: Any, interval: float = HEARTBEAT) -> None:
@@ -44,6 +46,7 @@ class Heartbeat:
         self.interval = interval
         self.lag = 0.0
         self.max_lag = 0.0
+        self.lags = LagHistogram()
         self._expected = 0.0
         self._loop = LoopingCall(self._tick)
         self._loop.clock = reactor
@@ -60,7 +63,12 @@ class Heartbeat:
         now = self.reactor.seconds()
         self.lag = max(0.0, now - self._expected)
         self.max_lag = max(self.max_lag, self.lag)
-        self._expected = now + self.interval
+        self.lags.observe(self.lag)
+        # When the loop calls next: the next point of its grid (start + n * interval), not
+        # now + interval, which after a late tick would hide as much lag from the next one.
+        start = self._loop.starttime
+        assert start is not None  # set by start(), before the first tick
+        self._expected = now + self.interval - (now - start) % self.interval
 
 
 def _json(request: Any, status: int, body: dict[str, Any]) -> bytes:
