@@ -409,6 +409,26 @@ def test_dashboard_expressions_parse(tmp_path: Path) -> None:
     assert f"SUCCESS: {len(exprs)} rules found" in check.stdout
 
 
+def test_dashboard_imports_as_laid_out() -> None:
+    """What Grafana's import relies on: unique panel ids, panels on the 24-column grid, not
+    overlapping, every query on the dashboard's data source variable."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource", "instance"]
+    cells: dict[tuple[int, int], str] = {}
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["w"] > 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[x, y]}"
+                cells[x, y] = panel["title"]
+        for target in panel.get("targets", []):
+            assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+            assert target["refId"] and target["expr"]
+
+
 def test_rules_and_dashboard_name_only_metrics_fws_exports(
         redis: RedisProcess, processes: list[FwsProcess]) -> None:
     proc, admin = admin_server("-f", "fws.filters.echo", "--storage", "fws.storage_objects.redis",
