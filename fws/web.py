@@ -22,11 +22,12 @@ from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.task import LoopingCall
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
 from fws._wire.http import BoundedChannel, hand_over
 from fws.metrics import LagHistogram
 from fws.static import StaticFiles
+from fws.versions import SERVER
 
 #: How often the heartbeat that measures reactor lag ticks, in seconds.
 HEARTBEAT = 1.0
@@ -220,8 +221,26 @@ class PublicRoot(Resource):
         return self.getChildWithDefault(b"", request).render(request)
 
 
+class _FwsRequest(Request):
+    """
+    twisted.web's request, saying ``Server: fws/VERSION`` as the WebSocket
+    handshake does: twisted.web sets its own name and version
+    (``TwistedWeb/...``) on every response before the resource renders, and a
+    server's name should be one, whichever of its ports or pages answers.
+    """
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        key = name.lower() if isinstance(name, bytes) else name.lower().encode()
+        super().setHeader(name, SERVER if key == b"server" else value)
+
+
 class _QuietSite(Site):
-    """A ``Site`` without an access log (probes every few seconds would flood it)."""
+    """
+    A ``Site`` without an access log (probes every few seconds would flood it),
+    whose responses say ``Server: fws/VERSION``.
+    """
+
+    requestFactory = _FwsRequest
 
     def log(self, request: Any) -> None:
         pass
