@@ -10,6 +10,7 @@ bug report needs).
 from __future__ import annotations
 
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 
 import fws
 from fws.versions import SERVER
-from tests.processes import FwsProcess, serve
+from tests.processes import BIN, FwsProcess, serve
 from tests.rawws import handshake_request
 from tests.redis_support import free_port
 
@@ -178,6 +179,10 @@ def test_not_modified(public: FwsProcess) -> None:
     assert_fws_server(*exchange(public.port, get("/", extra=f"If-None-Match: {etag}\r\n")), 304)
 
 
-def test_the_name_is_fws_s_version() -> None:
-    """One source of truth: what ``--version`` prints is what ``Server:`` says."""
-    assert SERVER == f"fws/{fws.__version__}"
+def test_the_name_is_what_version_prints(bare: tuple[FwsProcess, int]) -> None:
+    """One source of truth: ``fws_server --version``'s first line is what ``Server:`` says."""
+    printed = subprocess.run([str(BIN / "fws_server"), "--version"], capture_output=True,
+                             text=True, timeout=60, check=True).stdout.splitlines()[0]
+    name, version = printed.split()
+    _, headers = exchange(bare[1], get("/healthz"))
+    assert [v for n, v in headers if n.lower() == "server"] == [f"{name}/{version}"] == [SERVER]
