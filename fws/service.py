@@ -91,6 +91,13 @@ class ListeningService(Service):
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         for description, endpoint in self.endpoints:
+            kind, args, kwargs = endpoint_arguments(description)
+            problem = unix_socket_problem(kwargs.get("address") or (args[0] if args else "")) \
+                if kind == "unix" else None
+            if problem is not None:  # Twisted would say "No such file" of its lock file
+                self._close_ports()
+                raise ListenError(f"cannot listen on the {self.label} endpoint {description}: "
+                                  f"{problem}")
             results: list[Any] = []
             endpoint.listen(self.factory).addBoth(results.append)
             if not results:
@@ -282,9 +289,9 @@ def parse_endpoints(config: Config, reactor: Any,
                     descriptions: tuple[str, ...] | None = None
                     ) -> list[tuple[str, IStreamServerEndpoint]]:
     """
-    Parse every listen string now, so a typo, a bad key file, a socket's
-    missing directory or an interface that cannot be fails before anything
-    starts (and in ``--check``), each in words (:func:`endpoint_problem`).
+    Parse every listen string now, so a typo, a bad key file or an interface
+    that cannot be fails before anything starts (and in ``--check``), each in
+    words (:func:`endpoint_problem`).
     """
     endpoints = []
     for description in config.listen if descriptions is None else descriptions:
@@ -337,13 +344,15 @@ def endpoint_arguments(description: str) -> tuple[str, list[str], dict[str, str]
 
 def endpoint_problem(description: str) -> str | None:
     """
-    What is wrong with a ``tcp:``, ``ssl:`` or ``unix:`` endpoint string that
-    Twisted would only find out when listening (or report as an OpenSSL error
-    tuple): a TLS key or certificate that does not load, an interface that is
-    no address, a unix socket's directory that is not there. ``None`` when
-    nothing is (or for the endpoint types Twisted checks alone).
+    What is wrong with a ``tcp:`` or ``ssl:`` endpoint string that Twisted
+    would only find out when listening (or report as an OpenSSL error tuple):
+    a TLS key or certificate that does not load, an interface that is no
+    address. ``None`` when nothing is (or for the endpoint types Twisted checks
+    alone). A unix socket's directory is looked at when listening
+    (:class:`ListeningService`): ``--check`` may run where it is yet to be
+    made (systemd's ``RuntimeDirectory=`` makes it just before the start).
     """
-    kind, args, kwargs = endpoint_arguments(description)
+    kind, _, kwargs = endpoint_arguments(description)
     if kind in ("tcp", "ssl"):
         interface = kwargs.get("interface", "")
         problem = interface_problem(interface) if interface else None
@@ -353,9 +362,6 @@ def endpoint_problem(description: str) -> str | None:
         key = kwargs.get("privateKey") or "server.pem"  # Twisted's defaults
         cert = kwargs.get("certKey") or key
         return tls_problem(key, cert, kwargs.get("extraCertChain"), kwargs.get("dhParameters"))
-    if kind == "unix":
-        path = kwargs.get("address") or (args[0] if args else "")
-        return unix_socket_problem(path)
     return None
 
 

@@ -151,12 +151,25 @@ def test_tls_files_that_load_still_serve(tls_dir: Path) -> None:
         assert result.stdout.startswith("configuration OK")
 
 
-def test_unix_socket_in_a_missing_directory(tmp_path: Path) -> None:
+@pytest.mark.parametrize("front_end", ["fws_server", "twistd"])
+def test_unix_socket_in_a_missing_directory(tmp_path: Path, front_end: str) -> None:
+    """
+    Said when listening (exit status 1), with which endpoint; ``--check``
+    passes, as it may run before systemd's ``RuntimeDirectory=`` exists.
+    """
     path = tmp_path / "missing" / "fws.sock"
-    result = run(["--listen", f"unix:{path}", "-f", "echo"], tmp_path)
-    assert_one_line(result, 2, f"the socket's directory {path.parent} does not exist")
-    result = run(["--check", "--listen", f"unix:{path}"], tmp_path)
-    assert_one_line(result, 2, f"the socket's directory {path.parent} does not exist")
+    result = run(["--listen", f"unix:{path}", "-f", "echo"], tmp_path, front_end)
+    prog = "fws_server" if front_end == "fws_server" else "twistd fws"
+    assert result.returncode == 1, result.stderr
+    assert f"{prog}: error: cannot listen on the WebSocket endpoint unix:{path}: the socket's " \
+        f"directory {path.parent} does not exist (create it first)" in result.stderr.splitlines()
+    assert "Traceback" not in result.stderr and "[Errno" not in result.stderr
+    assert run(["--check", "--listen", f"unix:{path}"], tmp_path).returncode == 0
+    admin = run(["-p", str(free_port()), "-i", "127.0.0.1", "--admin", f"unix:{path}"], tmp_path)
+    assert admin.returncode == 1
+    assert admin.stderr.splitlines()[-1] == (
+        f"fws_server: error: cannot listen on the admin endpoint unix:{path}: the socket's "
+        f"directory {path.parent} does not exist (create it first)")
 
 
 def test_unix_socket_in_an_existing_directory_listens(tmp_path: Path) -> None:
