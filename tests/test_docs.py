@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import configparser
+import importlib.util
+import re
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
+from docutils import nodes
 
 from fws.pipeline import load_pipeline
 from tests.helpers import Server
@@ -19,13 +23,162 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
 
-def test_docs_build_without_warnings(tmp_path: Path) -> None:
+#: A command-line option as plain text: ``--name`` not inside a word, path or URL.
+BARE_OPTION = re.compile(r"(?<![\w/.:-])--[A-Za-z]")
+#: An en or em dash where an option's hyphens were (smartquotes' "--port" -> "\u2013port").
+DASHED_OPTION = re.compile(r"(?:^|[\s(\[,;:\"'\u201c])[\u2013\u2014][A-Za-z-]")
+
+
+@pytest.fixture(scope="module", params=["installed-theme", "alabaster"])
+def built_docs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The HTML site, built with -W: once with the theme conf.py picks (furo when the test
+    extra installed it), once as where furo is missing (conf.py falls back to alabaster)."""
     build = pytest.importorskip("sphinx.cmd.build")
-    status = build.build_main(["-W", "--keep-going", "-q", "-b", "html", str(ROOT / "docs"),
-                               str(tmp_path / "html")])
+    out = tmp_path_factory.mktemp(f"html-{request.param}")
+    missing = object()
+    saved = sys.modules.get("furo", missing)
+    if request.param == "alabaster":
+        sys.modules["furo"] = None  # type: ignore[assignment]  # find_spec() says: not installed
+    try:
+        status = build.build_main(["-W", "--keep-going", "-q", "-b", "html", str(ROOT / "docs"),
+                                   str(out)])
+    finally:
+        if saved is missing:
+            sys.modules.pop("furo", None)
+        else:
+            sys.modules["furo"] = saved  # type: ignore[assignment]
     assert status == 0
-    html = (tmp_path / "html" / "configuration.html").read_text()
-    assert "--redis_channels" in html and "FWS_PORT" in html  # the option tables are generated
+    return out
+
+
+def test_docs_build_without_warnings(built_docs: Path) -> None:
+    html = (built_docs / "configuration.html").read_text()
+    assert "--redis_channels" in html and "FWS_PORT" in html  # the option lists are generated
+    assert 'href="#option-port"' not in html or 'id="option-port"' in html
+    assert 'id="option-port"' in html  # each option has an anchor: configuration.html#option-port
+    index = (built_docs / "index.html").read_text()
+    assert "_static/fws.css" in index
+    if built_docs.name.startswith("html-alabaster") or importlib.util.find_spec("furo") is None:
+        assert "alabaster.css" in index and "furo" not in index
+    else:
+        assert "styles/furo.css" in index
+
+
+class _Text(HTMLParser):
+    """The text of a page, split into what renders as literal (code, pre, kbd) and the rest."""
+
+    LITERAL = {"code", "pre", "kbd", "samp", "tt"}
+    HIDDEN = {"script", "style", "textarea", "title"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.depth = {"literal": 0, "hidden": 0}
+        self.prose: list[str] = []
+        self.literal: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for kind, tags in (("literal", self.LITERAL), ("hidden", self.HIDDEN)):
+            if tag in tags:
+                self.depth[kind] += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        for kind, tags in (("literal", self.LITERAL), ("hidden", self.HIDDEN)):
+            if tag in tags:
+                self.depth[kind] -= 1
+
+    def handle_data(self, data: str) -> None:
+        if self.depth["hidden"]:
+            return
+        (self.literal if self.depth["literal"] else self.prose).append(data)
+
+
+def page_text(path: Path) -> _Text:
+    parser = _Text()
+    parser.feed(path.read_text())
+    return parser
+
+
+def test_option_names_render_as_typed(built_docs: Path) -> None:
+    """No page shows "\u2013port" for --port, and every option name is literal text."""
+    pages = sorted(built_docs.rglob("*.html"))
+    assert len(pages) >= 10
+    problems = []
+    for page in pages:
+        text = page_text(page)
+        prose = "\n".join(text.prose)
+        for line in prose.splitlines():
+            if BARE_OPTION.search(line) or DASHED_OPTION.search(line):
+                problems.append(f"{page.relative_to(built_docs)}: {line.strip()[:120]}")
+        for line in "\n".join(text.literal).splitlines():
+            if DASHED_OPTION.search(line):
+                problems.append(f"{page.relative_to(built_docs)} (literal): {line.strip()[:120]}")
+    assert not problems, "\n".join(problems)
+    # the option help texts, which name other options bare, come out as code
+    configuration = (built_docs / "configuration.html").read_text()
+    assert re.search(r'<code class="[^"]*fws-option[^"]*"><span class="pre">--port</span>',
+                     configuration)
+    security = (built_docs / "security.html").read_text()
+    assert '<span class="pre">--max-connections</span>' in security
+    assert "\u2013max-" not in security and "\u2013port" not in configuration
+
+
+def test_literal_options_transform() -> None:
+    """The transform itself: options become literals, hyphens inside words and paths do not."""
+    from docutils.core import publish_doctree
+
+    sys.path.insert(0, str(ROOT / "docs" / "_ext"))
+    try:
+        from fws_literal_options import literal_options
+    finally:
+        sys.path.remove(str(ROOT / "docs" / "_ext"))
+    doctree = publish_doctree(
+        "Use --port 9000 (or -f a b, --max-send-buffer=1M). Not re-use, a--b, /x/--y, "
+        "http://h/--z or 10 - 2.\n\n``--listen`` stays one literal.\n")
+    literal_options(doctree)
+    literals = [node.astext() for node in doctree.findall(nodes.literal)]
+    assert literals == ["--port", "-f", "--max-send-buffer=1M", "--listen"]
+    literal_options(doctree)  # again: nothing left to change
+    assert [node.astext() for node in doctree.findall(nodes.literal)] == literals
+    assert "re-use, a--b, /x/--y, http://h/--z or 10 - 2." in doctree.astext()
+
+
+def test_wide_tables_scroll_in_their_own_box(built_docs: Path) -> None:
+    """Every content table sits in a div.table-wrapper, which fws.css lets scroll sideways,
+    so a table wider than the text column scrolls instead of being cut off."""
+    css = (built_docs / "_static" / "fws.css").read_text()
+    rule = re.search(r"div\.table-wrapper\s*\{([^}]*)\}", css)
+    assert rule and re.search(r"overflow-x:\s*auto", rule.group(1))
+    tables = 0
+    for page in sorted(built_docs.glob("*.html")):
+        html = page.read_text()
+        for match in re.finditer(r'<table class="docutils', html):
+            tables += 1
+            before = html[:match.start()].rstrip()
+            opening = before[before.rfind("<"):]
+            assert re.fullmatch(r'<div class="table-wrapper[^"]*">', opening), (page.name, opening)
+    assert tables >= 8  # performance, redis, security, ...
+    # the option reference is a list, not a table too wide for the page
+    configuration = (built_docs / "configuration.html").read_text()
+    assert '<dl class="fws-options' in configuration
+
+
+def test_long_code_lines_wrap_with_a_hanging_indent(built_docs: Path) -> None:
+    """A command longer than the code box wraps inside it, its continuation indented, so
+    nothing runs off the right edge and a wrapped line does not read as the next one."""
+    css = (built_docs / "_static" / "fws.css").read_text()
+    rule = re.search(r"div\.highlight pre, pre\.literal-block\s*\{([^}]*)\}", css)
+    assert rule and "white-space: pre-wrap" in rule.group(1)
+    line_rule = re.search(r"span\.fws-line\s*\{([^}]*)\}", css)
+    assert line_rule and "text-indent: -" in line_rule.group(1)
+    blocks = 0
+    for page in sorted(built_docs.glob("*.html")):
+        for block in re.findall(r'<div class="highlight"><pre>(.*?)</pre>', page.read_text(),
+                                re.S):
+            blocks += 1
+            lines = block.removeprefix("<span></span>").rstrip("\n").split("\n")
+            bare = [line for line in lines if not line.startswith('<span class="fws-line">')]
+            assert not bare, (page.name, bare[:3])
+    assert blocks >= 30
 
 
 def unit_file(name: str) -> configparser.ConfigParser:
