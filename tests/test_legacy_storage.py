@@ -176,6 +176,9 @@ def test_check_refuses_the_2014_read_on_redis_with_what_to_write(tmp_path: Path)
             f"fws_server: error: filter module 'oldchat': oldchat.py, line {LINE} reads "
             "storage_object[...], which fws.storage_objects.redis cannot answer at once: "
             f"{SUBSCRIPT_FIX}\n")
+    # The upgrade guide shows that very line.
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "upgrading.rst").read_text()
+    assert result.stderr.strip() in [line.strip() for line in guide.splitlines()]
 
 
 def test_what_the_refusal_says_to_write_works_on_redis(
