@@ -5,7 +5,6 @@ from __future__ import annotations
 import configparser
 import importlib.util
 import re
-import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -18,6 +17,7 @@ from docutils import nodes
 
 from fws.pipeline import load_pipeline
 from tests.helpers import Server
+from tests.system_tools import module, program
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -33,7 +33,7 @@ DASHED_OPTION = re.compile(r"(?:^|[\s(\[,;:\"'\u201c])[\u2013\u2014][A-Za-z-]")
 def built_docs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The HTML site, built with -W: once with the theme conf.py picks (furo when the test
     extra installed it), once as where furo is missing (conf.py falls back to alabaster)."""
-    build = pytest.importorskip("sphinx.cmd.build")
+    build = module("sphinx.cmd.build")
     out = tmp_path_factory.mktemp(f"html-{request.param}")
     missing = object()
     saved = sys.modules.get("furo", missing)
@@ -189,9 +189,7 @@ def unit_file(name: str) -> configparser.ConfigParser:
 
 def systemd_analyze_problems(*names: str) -> tuple[list[str], str]:
     """What ``systemd-analyze verify`` says about the units (but for the absent /opt/fws)."""
-    analyze = shutil.which("systemd-analyze")
-    if not analyze:
-        return [], ""
+    analyze = program("systemd-analyze", "systemd")
     units = [str(ROOT / "docs" / "deploy" / name) for name in names]
     result = subprocess.run([analyze, "verify", *units], capture_output=True, text=True)
     problems = [line for line in result.stderr.splitlines()
@@ -268,11 +266,3 @@ async def test_shout_example_changes_what_is_broadcast(reactor: Any,
         assert await b.recv() == (b"bin", True)
     finally:
         await server.stop()
-
-
-def test_readme_test_command_is_what_ci_runs() -> None:
-    readme = (ROOT / "README.md").read_text()
-    ci = (ROOT / ".ci" / "run").read_text()
-    assert ".venv/bin/python -m pytest" in readme and ".venv/bin/python -m pytest" in ci
-    assert "pip install -e '.[test]'" in readme and "pip install -q -e '.[test]'" in ci
-    assert sys.version_info >= (3, 11)
