@@ -563,7 +563,7 @@ def make_service(
     endpoints = parse_endpoints(config, reactor)
     admin_endpoints = parse_endpoints(config, reactor, config.admin) if config.admin else []
     heartbeat = None
-    if config.admin or config.public_health:
+    if config.admin or config.public_health or config.public_metrics:
         from fws.web import Heartbeat
 
         heartbeat = Heartbeat(reactor)

@@ -59,6 +59,16 @@ class Options(usage.Options):
             if config.log_format != "text":
                 raise ConfigError("--log-format is fws_server's; twistd owns logging here: "
                                   "twistd --logger fws.logs.json_logger fws ...")
+            if config.options.get("reactor") == "asyncio":
+                # twistd installed its reactor before reading fws's options: say so, rather
+                # than run on another reactor than the one asked for.
+                from twisted.internet import reactor as installed
+                from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+                if not isinstance(installed, AsyncioSelectorReactor):
+                    raise ConfigError("--reactor asyncio is fws_server's; under twistd give "
+                                      "twistd's own option, before fws: "
+                                      "twistd --reactor asyncio fws ...")
             self["config"] = config
             self["pipeline"] = load_pipeline(config.filters, config)
             if config.options.get("check"):

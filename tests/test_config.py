@@ -219,7 +219,8 @@ def sample(opt: Option, tmp_path: Path) -> tuple[Any, Any]:
     if opt.kind == "float":
         return 2.5, 2.5
     if opt.kind == "list":
-        value = {"listen": "tcp:7", "admin": "tcp:8", "trusted_proxies": "10.0.0.0/8"}.get(
+        value = {"listen": "tcp:7", "admin": "tcp:8", "trusted_proxies": "10.0.0.0/8",
+             "allowed_origins": "https://value-x.example"}.get(
             opt.name, "value-x")
         return [value], (value,)
     if opt.choices:

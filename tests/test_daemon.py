@@ -123,8 +123,9 @@ def test_port_in_use(daemon: Daemon) -> None:
         holder.listen()
         port = holder.getsockname()[1]
         result = daemon.run("-p", str(port), "-i", "127.0.0.1", "-f", "echo")
-        assert_failed_cleanly(daemon, result, 1, f"twistd fws: error: cannot listen on "
-                              f"tcp:{port}:interface=127.0.0.1: address already in use")
+        assert_failed_cleanly(daemon, result, 1, f"twistd fws: error: cannot listen on the "
+                              f"WebSocket endpoint tcp:{port}:interface=127.0.0.1: "
+                              "address already in use")
 
 
 def test_admin_port_in_use_closes_the_websocket_port(daemon: Daemon) -> None:
@@ -135,8 +136,9 @@ def test_admin_port_in_use_closes_the_websocket_port(daemon: Daemon) -> None:
         busy = holder.getsockname()[1]
         result = daemon.run("--listen", f"tcp:{port}:interface=127.0.0.1", "-f", "echo",
                             "--admin", f"tcp:{busy}:interface=127.0.0.1")
-        assert_failed_cleanly(daemon, result, 1, f"twistd fws: error: cannot listen on "
-                              f"tcp:{busy}:interface=127.0.0.1: address already in use")
+        assert_failed_cleanly(daemon, result, 1, f"twistd fws: error: cannot listen on the "
+                              f"admin endpoint tcp:{busy}:interface=127.0.0.1: "
+                              "address already in use")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", port))
 
@@ -153,7 +155,7 @@ BEFORE_FORK = {
     "missing key file": (["-p", "{port}", "-key", "missing.pem", "-cert", "missing.pem"],
                          "TLS key file missing.pem does not exist"),
     "bad certificate": (["-p", "{port}", "-key", "notpem.txt", "-cert", "notpem.txt"],
-                        "invalid key or certificate"),
+                        "notpem.txt holds no private key"),
 }
 
 
@@ -203,3 +205,13 @@ def test_starts_serves_and_stops_on_sigterm(daemon: Daemon) -> None:
     log = daemon.log()
     assert "received SIGTERM, stopping" in log and "Server Shut Down." in log, log
     assert "Traceback" not in log
+
+
+def test_fws_reactor_option_under_twistd_says_to_give_twistds_own(daemon: Daemon) -> None:
+    """twistd has installed its reactor before it reads fws's options: one line, not another reactor."""
+    result = daemon.run("-p", str(free_port()), "-i", "127.0.0.1", "-f", "echo",
+                        "--reactor", "asyncio")
+    assert result.returncode == 2, (result.stderr, daemon.log())
+    assert result.stderr == ("twistd fws: error: --reactor asyncio is fws_server's; under twistd "
+                             "give twistd's own option, before fws: twistd --reactor asyncio "
+                             "fws ...\n")

@@ -97,11 +97,8 @@ WEBSOCKET_CASES = {
     "not HTTP 400": (lambda port: b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),
 }
 
-#: Refusals Autobahn writes from ``failHandshake`` with headers fws does not give it yet:
-#: they need ``fws._wire.protocol.WireProtocol.failHandshake`` to pass
-#: ``fws._wire.handshake.refusal_headers(responseHeaders)`` (strict: remove once it does).
-NEEDS_PROTOCOL = pytest.mark.xfail(strict=True, reason="WireProtocol.failHandshake does not "
-                                   "pass refusal_headers() yet")
+#: Refusals Autobahn writes from ``failHandshake`` (fws._wire.protocol passes it
+#: ``fws._wire.handshake.refusal_headers``).
 REFUSAL_CASES = {
     "origin refused 403": (lambda port: handshake_request(
         port, extra="Origin: https://evil.example\r\n"), 403),
@@ -125,7 +122,6 @@ def test_websocket_on_the_http_port(public: FwsProcess, case: str) -> None:
     assert_fws_server(*exchange(public.port, request(public.port)), expected)
 
 
-@NEEDS_PROTOCOL
 @pytest.mark.parametrize("case", sorted(REFUSAL_CASES))
 def test_handshake_refusals(bare: tuple[FwsProcess, int], public: FwsProcess, case: str) -> None:
     request, expected = REFUSAL_CASES[case]
@@ -133,7 +129,6 @@ def test_handshake_refusals(bare: tuple[FwsProcess, int], public: FwsProcess, ca
         assert_fws_server(*exchange(port, request(port)), expected)
 
 
-@NEEDS_PROTOCOL
 def test_plain_get_on_the_bare_websocket_port(bare: tuple[FwsProcess, int]) -> None:
     """Without ``--static`` a plain GET is Autobahn's refusal (426), never its status page."""
     assert_fws_server(*exchange(bare[0].port, get("/")), 426)

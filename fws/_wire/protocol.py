@@ -27,7 +27,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from fws._wire.framing import encode_frame, parse_frames
-from fws._wire.handshake import REFUSAL_HEADERS, request_line_so_far
+from fws._wire.handshake import REFUSAL_HEADERS, refusal_headers, request_line_so_far
 from fws._wire.outbound import Lane, can_write_directly, unsent_bytes
 from fws._wire.payload import normalize_payload
 from fws.connection import CloseInfo
@@ -598,7 +598,7 @@ class WireProtocol(WebSocketServerProtocol):
                            conn_id=self.id, peer=self.client_ip, status=code, reason=reason,
                            detail=f" ({detail})" if detail else "")
         with _autobahn_at_debug(self):
-            super().failHandshake(reason, code, responseHeaders)
+            super().failHandshake(reason, code, refusal_headers(responseHeaders))
 
     @property
     def utf8validator(self) -> Any:
