@@ -29,6 +29,10 @@ due now has run: pub/sub delivery, a close), and :meth:`FakeServer.advance`
 moves time on for filters that wait on timers. A filter that raises fails
 the test: the method that fed the event raises :class:`FilterFailed` (the
 server itself would log it and skip the rest of the chain).
+
+What fws does before the chains, on the wire (size, rate and connection
+limits, Origin, compression, slow clients but for :attr:`FakeConnection.send_full`)
+is not simulated here: that is fws's, and tested over real sockets.
 """
 
 from __future__ import annotations
@@ -286,8 +290,9 @@ class FakeServer:
         ``FWS_*`` variables are not read, so a test sees only what it gives.
         ``--filter-timeout`` bounds asynchronous filters on :attr:`clock`.
     :param storage: A storage object to use instead of fws's in-memory one
-        (it is attached to this server, and its pub/sub deliveries feed the
-        consumer chain).
+        (it is attached to this server, its pub/sub deliveries feed the
+        consumer chain, and, when it is ``shared``, it gets the relays and
+        the group changes, as from fws's server).
     :param node_id: The prefix of connection ids (``test-1``, ``test-2`` ...).
     :raises fws.config.ConfigError: an option is wrong.
     :raises fws.pipeline.FilterLoadError: a module cannot be used as a filter.
@@ -370,6 +375,8 @@ class FakeServer:
         self._groups.setdefault(name, {})[conn.id] = conn
         conn.token = name
         self.joins.append((name, conn.id))
+        if self._storage.shared:
+            self._storage.member_joined(name, conn.id)
 
     def leave_group(self, conn: FakeConnection) -> None:
         """Take ``conn`` out of its token group, if it is in one (recorded)."""
@@ -383,6 +390,8 @@ class FakeServer:
                 del self._groups[name]
         conn.token = None
         self.leaves.append((name, conn.id))
+        if self._storage.shared:
+            self._storage.member_left(name, conn.id)
 
     def broadcast(self, payload: Payload, isBinary: bool | None = None, *,
                   exclude: FakeConnection | None = None,
@@ -397,7 +406,7 @@ class FakeServer:
         """Send to every user but ``exclude``; recorded as a broadcast and a relay."""
         data, binary = normalize_payload(payload, isBinary)
         sent = self._send_all("all", None, data, binary, exclude, self._users.values())
-        self.relayed.append(Relay(None, exclude.id if exclude is not None else None, binary, data))
+        self._relay(Relay(None, exclude.id if exclude is not None else None, binary, data))
         return sent
 
     def broadcast_group(self, group: str, payload: Payload, isBinary: bool | None = None, *,
@@ -406,7 +415,7 @@ class FakeServer:
         data, binary = normalize_payload(payload, isBinary)
         members = self._groups.get(group, {}).values()
         sent = self._send_all("group", group, data, binary, exclude, members)
-        self.relayed.append(Relay(group, exclude.id if exclude is not None else None, binary, data))
+        self._relay(Relay(group, exclude.id if exclude is not None else None, binary, data))
         return sent
 
     # --- what the storage object calls (fws.storage_objects.StorageServer) -------------
@@ -588,6 +597,12 @@ class FakeServer:
         channel, data, pattern = item
         message = {"type": "message", "pattern": pattern, "channel": channel, "data": data}
         return run_chain(self.pipeline.consumer, self, message, event="consumer", conn_id="server")
+
+    def _relay(self, relay: Relay) -> None:
+        """Record a relay, and hand it to a storage object that joins nodes, as fws does."""
+        self.relayed.append(relay)
+        if self._storage.shared:
+            self._storage.relay(relay.group, relay.exclude_id, relay.is_binary, relay.payload)
 
     def _send_all(self, kind: str, group: str | None, data: bytes, binary: bool,
                   exclude: FakeConnection | None, targets: Iterable[FakeConnection]) -> int:

@@ -471,3 +471,39 @@ def test_the_documented_example_test_passes() -> None:
                             text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert " passed" in result.stdout and "failed" not in result.stdout
+
+
+def test_a_shared_storage_object_gets_the_relays_and_group_changes(make: Make) -> None:
+    from twisted.internet.task import Clock
+
+    from fws.storage_objects.memory import MemoryStorage
+
+    class Shared(MemoryStorage):
+        """An in-memory storage that says it joins nodes, recording what fws hands it."""
+
+        shared = True
+
+        def __init__(self) -> None:
+            super().__init__(Clock())
+            self.calls: list[tuple[object, ...]] = []
+
+        def relay(self, group: str | None, exclude_id: str | None, is_binary: bool,
+                  payload: bytes) -> None:
+            self.calls.append(("relay", group, exclude_id, is_binary, payload))
+
+        def member_joined(self, group: str, member_id: str) -> None:
+            self.calls.append(("joined", group, member_id))
+
+        def member_left(self, group: str, member_id: str) -> None:
+            self.calls.append(("left", group, member_id))
+
+    storage = Shared()
+    server = FakeServer("fws.filters.broadcast_messages_by_token", storage=storage)
+    assert server.storage_object is storage
+    conn = server.connect()
+    conn.client_send("token:g")
+    conn.client_send("hi")
+    conn.client_close()
+    assert storage.calls == [("joined", "g", conn.id), ("relay", "g", conn.id, False, b"hi"),
+                             ("left", "g", conn.id)]
+    assert storage.consumer == server.deliver_pubsub  # attached: its pub/sub feeds the fake
