@@ -40,6 +40,7 @@
     setStatus("connecting…", false);
     socket = new WebSocket(url);
     socket.onopen = function () {
+      this.wasOpen = true;
       delay = 500;
       setStatus("connected", true);
       if (room !== null) socket.send("token:" + room);
@@ -63,6 +64,9 @@
     };
     socket.onclose = function (event) {
       message.disabled = send.disabled = true;
+      // Said once in the log (the status line changes with every retry): why the
+      // connection that was open went, e.g. 1001 for a server restarting.
+      if (this.wasOpen) line("system", null, "connection closed (" + event.code + "), reconnecting");
       setStatus("reconnecting… (closed " + event.code + ")", false);
       setTimeout(connect, delay);
       delay = Math.min(delay * 2, 10000);
