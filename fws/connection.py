@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # importing this module imports neither Autobahn nor Twisted
     from autobahn.websocket.types import ConnectionRequest
+    from twisted.internet.interfaces import IReactorTime
 
     from fws.metrics import FwsMetrics
     from fws.storage_objects import StorageObject
@@ -108,6 +109,10 @@ class Server(Protocol):
 
     #: This node's id: the prefix of its connection ids.
     node_id: str
+    #: The reactor the server runs on: what a filter's timers should use
+    #: (``reactor.callLater``, ``deferLater(reactor, ...)``), so that a test
+    #: (:mod:`fws.testing`, a ``Clock``) can move its time on.
+    reactor: IReactorTime
     #: Every resolved option, by its Python name (``options["jwt_audience"]``).
     options: Mapping[str, Any]
     #: The Prometheus registry when metrics are served (``metrics.registry``,

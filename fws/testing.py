@@ -46,6 +46,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
@@ -307,9 +308,9 @@ class FakeServer:
             raise ValueError("FakeServer does not take -h")
         #: The time filters run on; :meth:`advance` moves it on.
         self.clock = Clock()
-        #: What fws's own server offers as ``reactor`` (not public API: filters that
-        #: wait on timers should take their reactor where a test can replace it).
-        self.reactor = self.clock
+        #: The server's ``reactor`` (public API): this clock, so that filters that
+        #: take their timers from ``factory.reactor`` run on test time.
+        self.reactor: IReactorTime = self.clock
         self.node_id = node_id
         self.options: Mapping[str, Any] = config.options
         self.metrics: FwsMetrics | None = None

@@ -94,7 +94,7 @@ class WebSocketConnectFilter(WebSocketFilter):
     Runs when a client's opening handshake arrives, before the upgrade.
 
     ``web_socket_instance`` is the connection (not yet in ``users``);
-    ``data`` is the handshake request (:class:`fws.protocol.HandshakeRequest`:
+    ``data`` is the handshake request (Autobahn's ``ConnectionRequest``:
     ``path``, ``params``, ``headers``, ``peer``).  Raise :class:`Refuse` to turn
     the client away with an HTTP status.
     """
