@@ -144,9 +144,31 @@ def describe_reactor(reactor: object) -> str:
     return name
 
 
+def _warn_of_the_2014_package() -> None:
+    """
+    One line on stderr when the 2014 ``filtered_websocket`` is installed too.
+
+    Both packages install ``bin/fws_server`` and pip does not notice: the
+    one installed last owns the command, and uninstalling the old package
+    deletes the file whichever wrote it (docs/upgrading.rst). While fws's
+    runs, say so once, with the repair, before that uninstall surprises anyone.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        old = version("filtered_websocket")
+    except PackageNotFoundError:
+        return
+    sys.stderr.write(f"{PROG}: warning: the 2014 package filtered_websocket {old} is installed "
+                     "too and shares this command's file (pip uninstall filtered_websocket "
+                     "deletes it): run pip uninstall -y filtered_websocket && pip install "
+                     "--force-reinstall --no-deps . in the fws checkout (docs/upgrading.rst)\n")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``fws_server`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
+    _warn_of_the_2014_package()
     if version_requested(args):
         sys.stdout.write(version_text())
         return

@@ -215,8 +215,8 @@ CORE_OPTIONS: tuple[Option, ...] = (
            "that await asyncio libraries need; under twistd, give twistd --reactor asyncio",
            "str", "default", (), "NAME", ("default", "asyncio")),
     # --- token groups and JWT (fws.filters.broadcast_messages_by_token, fws.filters.auth_jwt) ---
-    Option("max_groups_per_connection", "distinct token groups one connection may join",
-           "int", 32, (), "N"),
+    Option("max_groups_per_connection", "distinct token groups one connection may join "
+           "(0: no limit)", "int", 32, (), "N"),
     Option("group_claim", "joining token group NAME needs NAME in this claim of the verified "
            "JWT (with fws.filters.auth_jwt)", "str", None, (), "CLAIM"),
     Option("jwt_secret", "HS256 secret for fws.filters.auth_jwt (better: $FWS_JWT_SECRET)",

@@ -133,7 +133,10 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         conn._idle_since = self.reactor.seconds()
 
     def unregister(self, conn: FwsServerProtocol) -> None:
-        """Called when an opened connection closes: it leaves ``users`` and its group."""
+        """
+        Called when an opened connection closes: it leaves ``users`` and its
+        group (``token`` still names it, for the disconnect chain).
+        """
         conn._lane.ok = False
         self._lanes.pop(conn.id, None)
         if self.users.pop(conn.id, None) is not None:
@@ -143,7 +146,11 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
                 self.per_ip[ip] = left
             else:
                 self.per_ip.pop(ip, None)
+        token = conn.token
         self.leave_group(conn)
+        # The group is left, but its name stays readable: a disconnect filter (the
+        # 2014 ones do) cleans up what it stored under it.
+        conn.token = token
         if self.pipeline.disconnect:
             # onClose runs the disconnect chain next (or queues it behind the message
             # chain); until disconnect_finished, close_all waits for it.

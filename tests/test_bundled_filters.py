@@ -116,6 +116,18 @@ def test_a_connection_joins_at_most_max_groups_per_connection() -> None:
     assert conn.token == "one" and conn.groups_joined == {"one", "two"}
 
 
+def test_max_groups_per_connection_0_is_no_limit() -> None:
+    """0 is "no limit", as for the other limits (it refused every join)."""
+    server = FakeServer("fws.filters.broadcast_messages_by_token",
+                        args=["--max-groups-per-connection", "0"])
+    conn = server.connect()
+    names = [f"g{i}" for i in range(100)]
+    for name in names:
+        conn.client_send(f"token:{name}")
+    assert conn.texts == [REGISTERED.format(name) for name in names]
+    assert conn.token == "g99"
+
+
 def token(**claims: Any) -> str:
     return jwt.encode(claims, SECRET, algorithm="HS256")
 

@@ -10,6 +10,7 @@ write works, over Redis and in memory alike.
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +230,39 @@ def _env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith(("FWS_", "STORAGE_OBJECT"))}
+
+
+#: Says who storage holds under "room" (the ids of its members, as the 2014 filter keeps them).
+WHO = '''
+from fws import WebSocketMessageFilter
+
+
+class Who(WebSocketMessageFilter):
+    @classmethod
+    def filter(cls, web_socket_instance, msg):
+        if bytes(msg) == b"who":
+            members = web_socket_instance.storage_object["room"]
+            web_socket_instance.sendMessage(repr(sorted(m.decode() for m in members)))
+'''
+
+
+def test_the_2014_disconnect_filter_still_finds_its_token_and_cleans_up(
+    tmp_path: Path, processes: list[FwsProcess]
+) -> None:
+    """
+    The server leaves the connection's group before the disconnect chain, but
+    ``token`` still names it there: the 2014 filter removes the id it stored
+    under it (before, token was None by then and closed ids piled up in storage).
+    """
+    module_in(tmp_path, "oldchat", OLD_CHAT)
+    module_in(tmp_path, "who", WHO)
+    proc = serve(tmp_path, processes, "-f", "oldchat", "who")
+    chat_round(proc.url)
+    with connect(proc.url) as probe:
+        for _ in range(50):
+            probe.send("who")
+            if probe.recv(timeout=5) == "[]":
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the ids of closed connections stayed in storage")

@@ -117,6 +117,9 @@ def test_fws_installed_over_the_2014_package_owns_fws_server(
     assert fws_server(env, "--version").stderr == OLD_VERSION_ANSWER
     pip(env, "install", "--no-deps", str(fws))
     assert is_fws(env)
+    # fws's fws_server says, in one line, that the two share the file
+    warning = fws_server(env, "--version").stderr
+    assert warning.count("\n") == 1 and "filtered_websocket 0.4.1 is installed too" in warning, warning
     # uninstalling the 2014 package deletes the file fws wrote
     pip(env, "uninstall", "-y", "filtered_websocket")
     assert not (env / "bin" / "fws_server").exists()
@@ -126,6 +129,7 @@ def test_fws_installed_over_the_2014_package_owns_fws_server(
     assert module.stdout.startswith("fws ")
     pip(env, "install", "--force-reinstall", "--no-deps", str(fws))
     assert is_fws(env)
+    assert fws_server(env, "--version").stderr == ""  # the old package is gone: no warning
 
 
 def test_the_2014_package_installed_after_fws_takes_fws_server_silently(

@@ -11,9 +11,12 @@ Token groups: ``token:NAME`` joins group NAME, other messages go to the group.
   token (a list, or a space-separated string); otherwise the reply is
   ``Error: Not allowed to join broadcast group: NAME``.
 * A connection may join at most ``--max-groups-per-connection`` distinct
-  groups in its life (``Error: Too many broadcast groups for this connection``).
+  groups in its life (``Error: Too many broadcast groups for this connection``;
+  0: no limit).
 * A user that disconnects leaves its group (the server does that for every
-  connection, so groups never hold closed connections).
+  connection, so groups never hold closed connections); its ``token`` still
+  names the group in the disconnect chain, so that a disconnect filter can
+  clean up what it stored under it.
 """
 
 from __future__ import annotations
@@ -62,9 +65,12 @@ def _refusal(conn: Any, name: str) -> str | None:
             allowed = allowed.split()
         if not isinstance(allowed, (list, tuple)) or name not in allowed:
             return NOT_ALLOWED.format(name)
+    most = limits.max_groups_per_connection
+    if not most:  # 0: no limit, and nothing to count
+        return None
     joined = conn.groups_joined
     if name not in joined:
-        if len(joined) >= limits.max_groups_per_connection:
+        if len(joined) >= most:
             return TOO_MANY
         joined.add(name)
     return None
