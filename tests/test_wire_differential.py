@@ -142,13 +142,15 @@ def _fws(clock: Clock) -> tuple[Any, list[tuple[bytes, bool]]]:
     factory = server.factory
     proto = factory.buildProtocol(None)
     delivered: list[tuple[bytes, bool]] = []
-    on_message = proto.onMessage
+    # What the wire hands up (its message upcall), from the fast path and from
+    # Autobahn's parser alike: Autobahn's onMessage is only the second.
+    message = proto.message
 
     def record(payload: bytes, is_binary: bool) -> None:
         delivered.append((bytes(payload), is_binary))
-        on_message(payload, is_binary)
+        message(payload, is_binary)
 
-    proto.onMessage = record
+    proto.message = record
     return proto, delivered
 
 
