@@ -383,8 +383,15 @@ async def test_open_connections_keep_a_compact_dict(reactor: Any) -> None:
         assert conn.current_frame is None and conn.closedByMe is False  # from the class
         assert conn.send_queue == ()
         assert "_results" not in state and "_valid_events" not in state
+        # Autobahn's TransportDetails and TrafficStats are gone too: its parser and
+        # writer still run (a fragmented message, a ping) on the shared stand-in.
+        assert "trafficStats" not in state and "_transport_details" not in state
+        assert conn.trafficStats.incomingOctetsWireLevel == 0 and conn.transport_details is None
         client.send("still works")
         assert await client.recv() == (b"still works", False)
+        client.sendMessage(b"in two", isBinary=False, fragmentSize=3)
+        assert await client.recv() == (b"in two", False)
+        conn.sendPing(b"ping")
         conn.sendData(encode_frame(b"chopped into 3-byte writes", False), chopsize=3)
         assert await client.recv() == (b"chopped into 3-byte writes", False)
         assert isinstance(conn.send_queue, __import__("collections").deque)

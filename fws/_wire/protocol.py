@@ -152,7 +152,36 @@ _NO_QUEUE: tuple[()] = ()
 #: What the opening handshake leaves on the connection that nothing reads once
 #: it is open (Autobahn's raw request and response, the key): freed in onOpen.
 _HANDSHAKE_LEFTOVERS = ("http_request_data", "http_response_data", "http_status_line", "_wskey",
-                        "_head", "_head_done", "_head_line", "_head_crlfs")
+                        "_head", "_head_done", "_head_line", "_head_crlfs",
+                        # Autobahn's TransportDetails (~300 bytes): read by its _onOpen (TLS
+                        # channel binding) and nothing after; ``transport_details`` is None then.
+                        "_transport_details",
+                        # Autobahn's per-connection TrafficStats (176 bytes): see _NoTrafficStats.
+                        "trafficStats")
+
+
+class _NoTrafficStats:
+    """
+    Stands for Autobahn's ``TrafficStats`` once a connection is open: one for all.
+
+    Autobahn adds every frame's and octet's count to its connection's own
+    ``TrafficStats`` (176 bytes per connection), which only its parser and
+    writer update: fws's fast paths, which carry almost all of the traffic,
+    never did, so its numbers were wrong for fws connections anyway. fws's
+    own counters are :class:`fws.metrics.Stats`. Additions here are dropped;
+    every count reads 0.
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> int:
+        return 0
+
+    def __setattr__(self, name: str, value: object) -> None:
+        return None
+
+
+_NO_TRAFFIC_STATS = _NoTrafficStats()
 
 #: Autobahn state that sits at None, False or 0 for a connection's whole open
 #: life. Autobahn sets each on every instance in ``_connectionMade``; fws makes
@@ -253,6 +282,8 @@ class WireProtocol(WebSocketServerProtocol):
     #: Largest frame the inbound fast path takes (larger ones go to Autobahn).
     _fast_limit = 0
     # Defaults for what onOpen frees (see _HANDSHAKE_LEFTOVERS).
+    _transport_details = None  # type: ignore[assignment]
+    trafficStats = _NO_TRAFFIC_STATS  # type: ignore[assignment]
     http_request_data = b""
     http_response_data = ""
     http_status_line = ""

@@ -29,6 +29,7 @@ from __future__ import annotations
 OWNER = "fws._wire"
 
 UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
+    ("autobahn.twisted.websocket.WebSocketAdapterProtocol", "_transport_details", "instance"),  # set in WebSocketAdapterProtocol.connectionMade, read in _onOpen; popped by _compact (class default None)
     ("autobahn.twisted.websocket.WebSocketAdapterProtocol", "peer", "instance"),  # set in WebSocketAdapterProtocol.connectionMade ("backward compatibility"); borderline
     ("autobahn.twisted.websocket.WebSocketServerProtocol", "log", "class"),  # shadowed per instance by _DebugOnly in _autobahn_at_debug; relies on it being class-level
     ("autobahn.util.ObservableMixin", "_listeners", "class"),
@@ -82,6 +83,7 @@ UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
     ("autobahn.websocket.protocol.WebSocketProtocol", "send_state", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "state", "instance"),  # set in WebSocketProtocol._connectionMade
     ("autobahn.websocket.protocol.WebSocketProtocol", "trackedTimings", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "trafficStats", "instance"),  # set in WebSocketProtocol._connectionMade; popped by _compact, class default _NO_TRAFFIC_STATS on WireProtocol
     ("autobahn.websocket.protocol.WebSocketProtocol", "triggered", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "utf8validator", "instance"),  # set in WebSocketProtocol._connectionMade; fws shadows it with a lazy property
     ("autobahn.websocket.protocol.WebSocketProtocol", "wasClean", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
