@@ -99,11 +99,21 @@ UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "_connectionMade", "method"),  # what super()._connectionMade() resolves to
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "_wskey", "instance"),  # set in WebSocketServerProtocol.processHandshake; popped by _compact (_HANDSHAKE_LEFTOVERS)
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "failHandshake", "method"),  # overridden and called
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_headers", "instance"),  # set in WebSocketServerProtocol.processHandshake/succeedHandshake; dropped by _compact (class default on WireProtocol)
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_request_data", "instance"),  # set in WebSocketServerProtocol.processHandshake; popped by _compact (_HANDSHAKE_LEFTOVERS)
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_request_host", "instance"),  # set in WebSocketServerProtocol.processHandshake/succeedHandshake; dropped by _compact (class default on WireProtocol)
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_request_params", "instance"),  # set in WebSocketServerProtocol.processHandshake/succeedHandshake; dropped by _compact (class default on WireProtocol)
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_request_path", "instance"),  # set in WebSocketServerProtocol.processHandshake/succeedHandshake; dropped by _compact (class default on WireProtocol)
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_request_uri", "instance"),  # set in WebSocketServerProtocol.processHandshake/succeedHandshake; dropped by _compact (class default on WireProtocol)
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_response_data", "instance"),  # set in WebSocketServerProtocol.succeedHandshake; popped by _compact (_HANDSHAKE_LEFTOVERS)
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_status_line", "instance"),  # set in WebSocketServerProtocol.processHandshake; popped by _compact (_HANDSHAKE_LEFTOVERS)
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "processHandshake", "method"),  # overridden
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "websocket_extensions", "instance"),  # set in WebSocketServerProtocol.processHandshake/succeedHandshake; dropped by _compact (class default on WireProtocol)
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "websocket_extensions_in_use", "instance"),  # set in WebSocketServerProtocol.processHandshake/succeedHandshake; dropped by _compact (class default on WireProtocol)
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "websocket_origin", "instance"),  # set in WebSocketServerProtocol.processHandshake/succeedHandshake; dropped by _compact (class default on WireProtocol)
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "websocket_protocol_in_use", "instance"),  # set in WebSocketServerProtocol.succeedHandshake; class default on WireProtocol (_IDLE_DEFAULTS)
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "websocket_protocols", "instance"),  # set in WebSocketServerProtocol.processHandshake/succeedHandshake; dropped by _compact (class default on WireProtocol)
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "websocket_version", "instance"),  # set in WebSocketServerProtocol.processHandshake/succeedHandshake; dropped by _compact (class default on WireProtocol)
     ("twisted.internet.abstract.FileDescriptor", "_tempDataBuffer", "instance"),  # set in FileDescriptor.__init__
     ("twisted.internet.abstract.FileDescriptor", "_tempDataLen", "instance"),  # set in FileDescriptor.__init__
     ("twisted.internet.abstract.FileDescriptor", "_writeDisconnected", "class"),  # class default False; set True by FileDescriptor.doWrite
