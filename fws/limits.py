@@ -27,6 +27,36 @@ CLOSE_SLOW_CONSUMER = 4008  # outgoing buffer over --max-send-buffer
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+class TokenBucket:
+    """
+    ``rate`` tokens a second, at most ``burst`` at once: one connection's
+    budget of messages (``--max-message-rate``) or frames (``--max-frame-rate``).
+
+    Its own small object, made only when the limit is on, rather than four
+    attributes of the connection: they pushed an idle connection's instance
+    dict over the 21 keys that fit its smaller table (issue 16).
+    """
+
+    __slots__ = ("at", "burst", "rate", "tokens")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = self.tokens = float(burst)
+        self.at = now
+
+    def take(self, count: float, now: float) -> bool:
+        """Take ``count`` tokens if there are as many (refilled up to ``now``); else take none."""
+        tokens = self.tokens + (now - self.at) * self.rate
+        if tokens > self.burst:
+            tokens = self.burst
+        self.at = now
+        if tokens >= count:
+            self.tokens = tokens - count
+            return True
+        self.tokens = tokens
+        return False
+
+
 class LimitError(ValueError):
     """An invalid limit option; the message is one line."""
 

@@ -23,7 +23,7 @@ from fws._wire.payload import normalize_payload
 from fws._wire.protocol import WireHost, WireProtocol
 from fws.connection import CloseInfo, Server
 from fws.filters.base import Refuse
-from fws.limits import CLOSE_POLICY, origin_allowed
+from fws.limits import CLOSE_POLICY, TokenBucket, origin_allowed
 from fws.ordered import MAX_BACKLOG, Ordered
 from fws.pipeline import FAILED, run_chain
 
@@ -87,10 +87,8 @@ class FwsServerProtocol(WireProtocol):
     #: The runner of this connection's message and disconnect chains, made the
     #: first time one goes asynchronous (see :mod:`fws.ordered`).
     _ordered: Ordered | None = None
-    _rate = 0.0
-    _burst = 0.0
-    _tokens = 0.0
-    _tokens_at = 0.0
+    #: The message budget (``--max-message-rate``), or ``None``: off, or it has acted.
+    _messages: TokenBucket | None = None
     _idle_mark = -1
     _idle_since = 0.0
 
@@ -161,16 +159,15 @@ class FwsServerProtocol(WireProtocol):
         factory = self.factory
         limits = factory.limits
         if limits.max_message_rate > 0:
-            self._rate = limits.max_message_rate
-            self._burst = self._tokens = float(limits.message_burst)
-            self._tokens_at = factory.reactor.seconds()
+            self._messages = TokenBucket(limits.max_message_rate, limits.message_burst,
+                                         factory.reactor.seconds())
         factory.register(self)
         if factory.closing is not None:  # the server is stopping: this one goes too
             self.close(*factory.closing, drain=True)
 
     def message(self, payload: bytes, is_binary: bool) -> None:
         """One message: through the rate limit, then the message chain, in arrival order."""
-        if self._rate and not self._take_token():
+        if self._messages is not None and not self._take_token():
             return
         if not self.factory.pipeline.message:
             return
@@ -208,21 +205,16 @@ class FwsServerProtocol(WireProtocol):
 
     def _take_token(self) -> bool:
         """Token bucket: ``--max-message-rate`` per second, ``--message-burst`` at once."""
-        now = self.factory.reactor.seconds()
-        tokens = self._tokens + (now - self._tokens_at) * self._rate
-        if tokens > self._burst:
-            tokens = self._burst
-        self._tokens_at = now
-        if tokens >= 1.0:
-            self._tokens = tokens - 1.0
+        bucket = self._messages
+        assert bucket is not None
+        if bucket.take(1.0, self.factory.reactor.seconds()):
             return True
-        self._tokens = tokens
         self.factory.stats.hit("max_message_rate")
         if self.factory.limits.rate_limit_action == "close":
             self._log.info("connection {conn_id} sent faster than {rate}/s; closing",
-                           conn_id=self.id, rate=self._rate)
+                           conn_id=self.id, rate=bucket.rate)
             self.close(CLOSE_POLICY, "message rate limit exceeded")
-            self._rate = 0.0  # one close is enough; whatever else arrives is ignored
+            self._messages = None  # one close is enough; whatever else arrives is ignored
         return False
 
     # --- ordering ----------------------------------------------------------------------------

@@ -105,6 +105,9 @@ class WireFactory(WebSocketServerFactory, Generic[P]):
             if hasattr(value, "__get__"):  # a function (perMessageCompressionAccept) stays unbound
                 value = staticmethod(value)
             setattr(self._baked, name, value)
+        # The largest frame the inbound fast path takes: the same for every connection
+        # of this factory, so the class's (an instance copy cost a dict key each).
+        self._baked._fast_limit = min(self.limits.max_message_size, self.limits.max_frame_size)
 
     def stopFactory(self) -> None:
         if self._accept_log_call is not None and self._accept_log_call.active():

@@ -32,7 +32,7 @@ from fws._wire.handshake import REFUSAL_HEADERS, refusal_headers, request_line_s
 from fws._wire.outbound import Lane, can_write_directly, unsent_bytes
 from fws._wire.payload import normalize_payload
 from fws.connection import CloseInfo
-from fws.limits import CLOSE_POLICY
+from fws.limits import CLOSE_POLICY, TokenBucket
 
 if TYPE_CHECKING:
     from fws.limits import Limits
@@ -266,8 +266,7 @@ class WireProtocol(WebSocketServerProtocol):
     _refusal_detail: str | None = None
     #: The frame budget (see :meth:`_take_frames`): frames the connection may still
     #: send, ``None`` when there is none (``--max-frame-rate 0``) or it has acted.
-    _frame_tokens: float | None = None
-    _frame_at = 0.0
+    _frames: TokenBucket | None = None
     #: True from a draining close (see :meth:`close`) until its output has all
     #: reached the client; ``_drain_call`` is the next look at the kernel's queue.
     _draining = False
@@ -287,7 +286,8 @@ class WireProtocol(WebSocketServerProtocol):
     closeHandshakeTimeout: float
     #: Whether the transport is plain TCP whose socket fws may write itself.
     _direct = False
-    #: Largest frame the inbound fast path takes (larger ones go to Autobahn).
+    #: Largest frame the inbound fast path takes (larger ones go to Autobahn); set
+    #: on the class WireFactory makes for its connections.
     _fast_limit = 0
     # Defaults for what onOpen frees (see _HANDSHAKE_LEFTOVERS).
     _transport_details = None  # type: ignore[assignment]
@@ -513,7 +513,7 @@ class WireProtocol(WebSocketServerProtocol):
             return
         frames, pos = parse_frames(data, self._fast_limit)
         if frames:
-            if self._frame_tokens is not None and not self._take_frames(len(frames)):
+            if self._frames is not None and not self._take_frames(len(frames)):
                 return
             if self.autoPingTimeoutCall is not None and self.autoPingRestartOnAnyTraffic:
                 self._cancelAutoPingTimeoutCall()
@@ -675,8 +675,6 @@ class WireProtocol(WebSocketServerProtocol):
         super().connectionMade()
         factory = self.factory
         factory.connections.add(self)
-        limits = factory.limits
-        self._fast_limit = min(limits.max_message_size, limits.max_frame_size)
         peer = self.transport.getPeer()
         self.client_ip = str(getattr(peer, "host", None) or getattr(peer, "name", None) or "local")
         # In its handshake until onOpen or connectionLost (--max-pending-per-ip, at accept).
@@ -806,8 +804,8 @@ class WireProtocol(WebSocketServerProtocol):
                            peer=self.client_ip, path=request.path if request else "/")
         limits = factory.limits
         if limits.max_frame_rate > 0:
-            self._frame_tokens = float(limits.frame_burst)
-            self._frame_at = factory.reactor.seconds()
+            self._frames = TokenBucket(limits.max_frame_rate, limits.frame_burst,
+                                       factory.reactor.seconds())
         self.opened()
         self._compact()
 
@@ -894,16 +892,11 @@ class WireProtocol(WebSocketServerProtocol):
         is closed whatever ``--rate-limit-action`` says: a message can be
         dropped, a frame cannot without corrupting the stream.
         """
-        limits = self.factory.limits
-        now = self.factory.reactor.seconds()
-        tokens = (self._frame_tokens or 0.0) + (now - self._frame_at) * limits.max_frame_rate
-        if tokens > limits.frame_burst:
-            tokens = float(limits.frame_burst)
-        self._frame_at = now
-        if tokens >= count:
-            self._frame_tokens = tokens - count
+        bucket = self._frames
+        if bucket is None or bucket.take(count, self.factory.reactor.seconds()):
             return True
-        self._frame_tokens = None  # one close is enough
+        limits = self.factory.limits
+        self._frames = None  # one close is enough
         self.factory.stats.hit("max_frame_rate")
         self._log.info("connection {conn_id} sent more than {rate} frames/s; closing",
                        conn_id=self.id, rate=limits.max_frame_rate)
@@ -915,7 +908,7 @@ class WireProtocol(WebSocketServerProtocol):
 
     def onFrameBegin(self) -> None:
         """A frame Autobahn's parser reads (control, continuation, any): one from the budget."""
-        if self._frame_tokens is not None and self.state == self.STATE_OPEN:
+        if self._frames is not None and self.state == self.STATE_OPEN:
             self._take_frames(1)
         super().onFrameBegin()
 
