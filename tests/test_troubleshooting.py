@@ -43,9 +43,13 @@ class Sleepy(WebSocketMessageFilter):
 
 
 def normal(line: str) -> str:
-    """A line without what changes from run to run: timestamps, node ids, numbers."""
+    """
+    A line without what changes from run to run: timestamps, node ids, numbers,
+    and which of the two Redis connections noticed an outage first (a race).
+    """
     line = re.sub(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} ", "", line.strip())
     line = re.sub(r"\b[0-9a-f]{12}\b", "NODE", line)
+    line = re.sub(r"\((command|subscriber) connection: ", "(LINK connection: ", line)
     return re.sub(r"\d+", "0", line)
 
 
