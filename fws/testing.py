@@ -583,7 +583,9 @@ class FakeServer:
         conn.state = "closed"
         conn.close_info = info
         self._users.pop(conn.id, None)
+        token = conn.token
         self.leave_group(conn)
+        conn.token = token  # as on the server: the disconnect chain still reads it
         if not self.pipeline.disconnect:
             return
         if conn._ordered is not None:

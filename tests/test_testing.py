@@ -507,3 +507,25 @@ def test_a_shared_storage_object_gets_the_relays_and_group_changes(make: Make) -
     assert storage.calls == [("joined", "g", conn.id), ("relay", "g", conn.id, False, b"hi"),
                              ("left", "g", conn.id)]
     assert storage.consumer == server.deliver_pubsub  # attached: its pub/sub feeds the fake
+
+
+TOKEN_AT_DISCONNECT = """
+class Join(WebSocketMessageFilter):
+    @staticmethod
+    def filter(conn, data):
+        conn.factory.join_group(conn, bytes(data).decode())
+
+class Bye(WebSocketDisconnectFilter):
+    @staticmethod
+    def filter(conn, info):
+        conn.factory.broadcast(f"{conn.token} {conn.id in conn.factory.groups.get(conn.token, {})}")
+"""
+
+
+def test_the_disconnect_chain_reads_the_token_of_the_group_left(make: Make) -> None:
+    """As on the server (tests/test_legacy_storage.py): the group is left, its name still readable."""
+    server = FakeServer(make(TOKEN_AT_DISCONNECT))
+    conn, other = server.connect(), server.connect()
+    conn.client_send("room")
+    conn.client_close()
+    assert other.texts == ["room False"]
