@@ -406,6 +406,64 @@ async def test_open_connections_keep_a_compact_dict(reactor: Any) -> None:
         await server.stop()
 
 
+def test_autobahns_deferreds_are_made_when_asked_for(reactor: Any) -> None:
+    """
+    is_open and is_closed (368 bytes of every idle connection) exist only once
+    asked for, and still fire as Autobahn's do: is_open when the handshake
+    succeeds, is_closed with the connection when it closes; asked for
+    afterwards, each has already fired. A unit test on an in-memory transport.
+    """
+    import base64
+    import inspect
+
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.defer import Deferred
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.testing import StringTransport
+    from twisted.python.failure import Failure
+
+    # Autobahn's __init__ is skipped: pin what it did, so a new attribute there shows up.
+    assert "self.is_closed = txaio.create_future()" in inspect.getsource(WebSocketProtocol.__init__)
+    assert len(inspect.getsource(WebSocketProtocol.__init__).splitlines()) < 20
+    server = Server.from_argv(reactor, "-f", "echo")
+    peer = IPv4Address("TCP", "127.0.0.1", 40001)
+
+    def handshake(proto: Any) -> None:
+        key = base64.b64encode(b"0123456789abcdef")
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                           b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key
+                           + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+    # Asked for before the handshake: it fires when the connection opens.
+    proto = server.factory.buildProtocol(peer)
+    proto.makeConnection(StringTransport(peerAddress=peer))
+    assert not [v for v in vars(proto).values() if isinstance(v, Deferred)]
+    opened, closed = proto.is_open, proto.is_closed
+    assert not opened.called and not closed.called
+    handshake(proto)
+    assert proto.state == proto.STATE_OPEN and opened.called
+    assert proto.is_closed is closed and not closed.called
+    got: list[Any] = []
+    closed.addCallback(got.append)
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert got == [proto]
+    assert not [v for v in vars(proto).values() if isinstance(v, Deferred)]  # no cycle kept
+    after: list[Any] = []
+    proto.is_closed.addCallback(after.append)
+    assert after == [proto]
+
+    # Never asked for: an open connection holds none; asked for later, is_open has fired.
+    proto = server.factory.buildProtocol(peer)
+    proto.makeConnection(StringTransport(peerAddress=peer))
+    handshake(proto)
+    assert proto.state == proto.STATE_OPEN
+    assert not [v for v in vars(proto).values() if isinstance(v, Deferred)]
+    assert proto.is_open.called
+    closed = proto.is_closed
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert closed.called and closed.result is proto
+
+
 # --- the reactor -----------------------------------------------------------------------------
 
 

@@ -213,6 +213,8 @@ _IDLE_DEFAULTS: dict[str, Any] = {
     )
 } | {"autoPingPendingSeq": 0, "send_state": 0, "websocket_version": 13}
 _ABSENT = object()
+#: Stands for a Deferred of Autobahn's (is_open, is_closed) that has fired: see WireProtocol.is_open.
+_FIRED = object()
 
 
 class _LazyPformat:
@@ -308,7 +310,11 @@ class WireProtocol(WebSocketServerProtocol):
     _wskey = ""
 
     def __init__(self) -> None:
-        super().__init__()
+        # Not Autobahn's __init__: it makes two Deferreds (is_open, is_closed), the
+        # observer API's list and dict and a TransportDetails that connectionMade
+        # replaces, ~700 bytes and a few microseconds per connection that fws
+        # reads only when asked: the Deferreds are made on demand (the properties
+        # below), the observer state by on(), the details by connectionMade.
         self._lane = Lane(self)
 
     # --- the upcalls (Upcalls): the layer above overrides these -------------------------
@@ -705,26 +711,64 @@ class WireProtocol(WebSocketServerProtocol):
         # with the raised thresholds (fws.service.GC_THRESHOLDS) it rarely looks
         # at old ones: RSS stayed up after they had all gone (issue 14).
         lane.close()
-        closed = self.__dict__.get("_is_closed")
-        if closed is not None and closed.called:
-            del self.__dict__["_is_closed"]  # its result is this connection
+        state = self.__dict__
+        closed = state.get("_is_closed")
+        if closed is None or closed.called:
+            # Fired (its result is this connection: held, it would make a cycle)
+            # or never asked for: from now on, asking gives one already fired.
+            state["_is_closed"] = _FIRED
+
+    # Autobahn's two Deferreds, made when first asked for (Autobahn itself asks
+    # only to fire them). Until then an open connection holds neither: they were
+    # 368 bytes of every idle connection, and nothing in fws waits on is_open.
 
     @property
     def is_closed(self) -> Deferred[Any]:
         """
-        Autobahn's "closed" Deferred (it fires with this connection).
+        Autobahn's "closed" Deferred: it fires with this connection when closed.
 
-        Held until the connection is lost and made anew (already fired) when
-        asked for afterwards: held, it would make a cycle with its result.
+        Made on demand; once the connection is lost (and it has fired), a new
+        one that has already fired: held, it would make a cycle with its result.
         """
-        closed: Deferred[Any] | None = self.__dict__.get("_is_closed")
-        if closed is None:
+        state = self.__dict__
+        closed: Deferred[Any] | object | None = state.get("_is_closed")
+        if closed is _FIRED:
             return succeed(self)
-        return closed
+        if closed is None:
+            closed = state["_is_closed"] = Deferred()
+        return closed  # type: ignore[return-value]
 
     @is_closed.setter
     def is_closed(self, closed: Deferred[Any]) -> None:
         self.__dict__["_is_closed"] = closed
+
+    @property
+    def is_open(self) -> Deferred[None]:
+        """
+        Autobahn's "open" Deferred: it fires with None when the handshake succeeds.
+
+        Made on demand until then (Autobahn fires it in succeedHandshake) and
+        one already fired afterwards: an open connection keeps none.
+        """
+        state = self.__dict__
+        opened: Deferred[None] | object | None = state.get("_is_open")
+        if opened is _FIRED:
+            return succeed(None)
+        if opened is None:
+            opened = state["_is_open"] = Deferred()
+        return opened  # type: ignore[return-value]
+
+    @is_open.setter
+    def is_open(self, opened: Deferred[None]) -> None:
+        self.__dict__["_is_open"] = opened
+
+    def succeedHandshake(self, res: Any) -> None:
+        super().succeedHandshake(res)
+        # It has fired is_open (and run its callbacks) when it opened the connection.
+        state = self.__dict__
+        opened = state.get("_is_open")
+        if opened is not None and opened is not _FIRED and opened.called:
+            state["_is_open"] = _FIRED
 
     def unsent(self) -> int:
         """Bytes the client has not received yet: in Twisted's buffer and the kernel's."""

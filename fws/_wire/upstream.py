@@ -33,8 +33,8 @@ UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
     ("autobahn.twisted.websocket.WebSocketAdapterProtocol", "peer", "instance"),  # set in WebSocketAdapterProtocol.connectionMade ("backward compatibility"); borderline
     ("autobahn.twisted.websocket.WebSocketServerProtocol", "log", "class"),  # shadowed per instance by _DebugOnly in _autobahn_at_debug; relies on it being class-level
     ("autobahn.util.ObservableMixin", "_listeners", "class"),
-    ("autobahn.util.ObservableMixin", "_results", "instance"),  # set by ObservableMixin.set_valid_events from WebSocketProtocol.__init__; popped by _compact
-    ("autobahn.util.ObservableMixin", "_valid_events", "instance"),  # set by ObservableMixin.set_valid_events from WebSocketProtocol.__init__; popped from __dict__ by _compact
+    ("autobahn.util.ObservableMixin", "_results", "instance"),  # set by ObservableMixin.set_valid_events from WebSocketProtocol.__init__ (which WireProtocol skips) or WireProtocol.on; popped by _compact
+    ("autobahn.util.ObservableMixin", "_valid_events", "instance"),  # set by ObservableMixin.set_valid_events from WebSocketProtocol.__init__ (which WireProtocol skips) or WireProtocol.on; popped from __dict__ by _compact
     ("autobahn.util.ObservableMixin", "set_valid_events", "method"),  # called to restore state _compact dropped; borderline
     ("autobahn.websocket.protocol", "Utf8Validator", "global"),  # swapped for _no_validator around super()._connectionMade(); saved original made lazily in the utf8validator property
     ("autobahn.websocket.protocol", "_url_to_origin", "global"),  # swapped for _null_origin around super().processHandshake()
@@ -68,7 +68,8 @@ UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
     ("autobahn.websocket.protocol.WebSocketProtocol", "droppedByMe", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "failedByMe", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact; written by fws
     ("autobahn.websocket.protocol.WebSocketProtocol", "inside_message", "instance"),  # set in WebSocketServerProtocol.succeedHandshake; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
-    ("autobahn.websocket.protocol.WebSocketProtocol", "is_closed", "instance"),  # set in WebSocketProtocol.__init__; fws shadows it with a property storing __dict__["_is_closed"]
+    ("autobahn.websocket.protocol.WebSocketProtocol", "is_closed", "instance"),  # set in WebSocketProtocol.__init__, fired in dropConnection/_connectionLost; fws shadows it with a property storing __dict__["_is_closed"], made on demand
+    ("autobahn.websocket.protocol.WebSocketProtocol", "is_open", "instance"),  # set in WebSocketProtocol.__init__ (which WireProtocol.__init__ does not call: test_fast_path pins what it does), fired in succeedHandshake; fws shadows it with a property storing __dict__["_is_open"], made on demand
     ("autobahn.websocket.protocol.WebSocketProtocol", "localCloseCode", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "localCloseReason", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "onCloseFrame", "method"),  # overridden
@@ -108,6 +109,7 @@ UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_response_data", "instance"),  # set in WebSocketServerProtocol.succeedHandshake; popped by _compact (_HANDSHAKE_LEFTOVERS)
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_status_line", "instance"),  # set in WebSocketServerProtocol.processHandshake; popped by _compact (_HANDSHAKE_LEFTOVERS)
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "processHandshake", "method"),  # overridden
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "succeedHandshake", "method"),  # overridden (is_open made on demand: see WireProtocol.is_open)
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "websocket_extensions", "instance"),  # set in WebSocketServerProtocol.processHandshake/succeedHandshake; dropped by _compact (class default on WireProtocol)
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "websocket_extensions_in_use", "instance"),  # set in WebSocketServerProtocol.processHandshake/succeedHandshake; dropped by _compact (class default on WireProtocol)
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "websocket_origin", "instance"),  # set in WebSocketServerProtocol.processHandshake/succeedHandshake; dropped by _compact (class default on WireProtocol)
