@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from fws._wire import framing
 from fws._wire.protocol import Upcalls
+from fws._wire.transport import lean_port
 from fws.config import Config, ConfigError, load_storage_module
 from fws.connection import Connection, Server
 from fws.factory import FwsServerFactory
@@ -109,6 +110,7 @@ class ListeningService(Service):
                 self._close_ports()
                 raise ListenError(f"cannot listen on the {self.label} endpoint {description}: "
                                   f"{_listen_reason(result)}")
+            lean_port(result)  # its connections' transports keep fewer strings (issue 16)
             self.ports.append(result)
             log.info("{what} listening on {address} ({endpoint})", what=self.what,
                      address=_address(result), endpoint=description)

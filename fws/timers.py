@@ -38,11 +38,12 @@ class BucketCall:
     __slots__ = ("_timer", "_key", "_func", "_args", "_kwargs")
 
     def __init__(self, timer: BucketTimer, key: int, func: Callable[..., Any],
-                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+                 args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:
         self._timer: BucketTimer | None = timer
         self._key = key
         self._func = func
         self._args = args
+        #: None rather than an empty dict (64 bytes per connection's auto-ping).
         self._kwargs = kwargs
 
     def cancel(self) -> None:
@@ -75,24 +76,27 @@ class BucketTimer:
         self._reactor = reactor
         self._bucket = bucket_seconds
         self._chunk = max(1, chunk_size)
-        self._buckets: dict[int, tuple[IDelayedCall, dict[BucketCall, None]]] = {}
+        #: Bucket number -> its DelayedCall, its calls, and the number once more:
+        #: every call of the bucket holds that one int, not one of its own.
+        self._buckets: dict[int, tuple[IDelayedCall, dict[BucketCall, None], int]] = {}
 
     def call_later(self, delay: float, func: Callable[..., Any], *args: Any,
                    **kwargs: Any) -> BucketCall:
         """Run ``func(*args, **kwargs)`` at the end of the bucket ``delay`` seconds from now falls in."""
         key = math.ceil((self._reactor.seconds() + delay) / self._bucket)
-        call = BucketCall(self, key, func, args, kwargs)
         bucket = self._buckets.get(key)
         if bucket is None:
+            call = BucketCall(self, key, func, args, kwargs or None)
             wait = max(0.0, key * self._bucket - self._reactor.seconds())
-            self._buckets[key] = (self._reactor.callLater(wait, self._fire, key), {call: None})
+            self._buckets[key] = (self._reactor.callLater(wait, self._fire, key), {call: None}, key)
         else:
+            call = BucketCall(self, bucket[2], func, args, kwargs or None)
             bucket[1][call] = None
         return call
 
     def pending(self) -> int:
         """How many calls are waiting (for tests and metrics)."""
-        return sum(len(calls) for _, calls in self._buckets.values())
+        return sum(len(calls) for _, calls, _key in self._buckets.values())
 
     def _remove(self, call: BucketCall) -> None:
         bucket = self._buckets.get(call._key)
@@ -105,7 +109,7 @@ class BucketTimer:
             bucket[0].cancel()
 
     def _fire(self, key: int) -> None:
-        _, calls = self._buckets.pop(key)
+        calls = self._buckets.pop(key)[1]
         self._run(list(calls))
 
     def _run(self, calls: list[BucketCall]) -> None:
@@ -115,7 +119,11 @@ class BucketTimer:
                 continue  # cancelled after its bucket came due (by an earlier call of it)
             call._timer = None
             try:
-                call._func(*call._args, **call._kwargs)
+                kwargs = call._kwargs
+                if kwargs is None:
+                    call._func(*call._args)
+                else:
+                    call._func(*call._args, **kwargs)
             except Exception:
                 _log.failure("timer call {func!r} failed", func=call._func)
         if rest:

@@ -406,6 +406,57 @@ async def test_open_connections_keep_a_compact_dict(reactor: Any) -> None:
         await server.stop()
 
 
+def test_shared_strings_are_bounded() -> None:
+    """One copy of each string connections send alike: bounded; long or per-connection values stay own."""
+    from autobahn.websocket.types import ConnectionRequest
+
+    from fws._wire.handshake import SharedStrings
+
+    table = SharedStrings(cap=3, longest=10)
+    first = "".join(["web", "socket"])  # made at run time: not the interned literal
+    second = "".join(["websock", "et"])
+    assert first is not second and table.share(first) is first and table.share(second) is first
+    long_one = "x" * 11
+    assert table.share(long_one) is long_one and len(table) == 1  # too long: not kept
+    table.share("a"), table.share("b")
+    assert len(table) == 3
+    table.share("c")  # full: it starts afresh rather than grow
+    assert len(table) == 1
+
+    def request(key: str) -> ConnectionRequest:
+        return ConnectionRequest("tcp4:127.0.0.1:1", {"host": "".join(["h", "ost:1"]),
+                                                      "sec-websocket-key": key,
+                                                      "user-agent": "".join(["U", "A"])},
+                                 "".join(["h", "ost"]), "/", {}, 13, "", [], [])
+
+    table = SharedStrings()
+    one, two = request("".join(["k", "1"])), request("".join(["k", "1"]))
+    table.share_request(one)
+    table.share_request(two)
+    assert one.headers == two.headers and one.headers is not two.headers
+    assert one.headers["host"] is two.headers["host"] and one.host is two.host
+    assert one.headers["user-agent"] is two.headers["user-agent"]
+    # The key differs per connection: sharing it would only churn the table.
+    assert one.headers["sec-websocket-key"] is not two.headers["sec-websocket-key"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_share_their_alike_request_strings(reactor: Any) -> None:
+    """Two real connections with the same headers hold one copy of each alike value."""
+    server = Server(reactor, ["echo"]).start()
+    try:
+        headers = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) fws-test"}
+        await server.connect(headers=headers)
+        await server.connect(headers=headers)
+        one, two = (conn.request for conn in server.factory.users.values())
+        assert one.headers["user-agent"].endswith(headers["User-Agent"])  # after Autobahn's own
+        assert one.headers["user-agent"] is two.headers["user-agent"]
+        assert one.headers["host"] is two.headers["host"]
+        assert one.headers["sec-websocket-key"] != two.headers["sec-websocket-key"]
+    finally:
+        await server.stop()
+
+
 def test_autobahns_deferreds_are_made_when_asked_for(reactor: Any) -> None:
     """
     is_open and is_closed (368 bytes of every idle connection) exist only once
@@ -535,8 +586,18 @@ def private_reactor() -> Any:
     reactor._poller.close()
 
 
-def _served(reactor: Any) -> tuple[Any, Any, Any]:
-    """A real tcp.Server transport on ``reactor`` and the client socket talking to it."""
+@pytest.fixture(params=["tcp.Server", "LeanServer"])
+def transport_class(request: pytest.FixtureRequest) -> type:
+    """Twisted's TCP transport, and fws's (what fws's ports build: see fws._wire.transport)."""
+    from twisted.internet import tcp
+
+    from fws._wire.transport import LeanServer
+
+    return tcp.Server if request.param == "tcp.Server" else LeanServer
+
+
+def _served(reactor: Any, kind: type | None = None) -> tuple[Any, Any, Any]:
+    """A real TCP transport (``kind``, tcp.Server by default) on ``reactor`` and its client socket."""
     import socket
 
     from twisted.internet import tcp
@@ -548,7 +609,7 @@ def _served(reactor: Any) -> tuple[Any, Any, Any]:
         accepted, address = listener.accept()
     accepted.setblocking(False)
     protocol = _Recorder()
-    server = tcp.Server(accepted, protocol, address, None, 1, reactor)  # type: ignore[arg-type]
+    server = (kind or tcp.Server)(accepted, protocol, address, None, 1, reactor)  # type: ignore[arg-type]
     server.repstr = f"<test server on fd {accepted.fileno()}>"  # Twisted sets it from the Port
     protocol.makeConnection(server)  # Server() started reading
     return server, protocol, client
@@ -579,8 +640,9 @@ def twisted_reads(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return calls
 
 
-def test_fws_reactor_reads_deliver_in_order(private_reactor: Any, twisted_reads: list[Any]) -> None:
-    _, protocol, client = _served(private_reactor)
+def test_fws_reactor_reads_deliver_in_order(private_reactor: Any, twisted_reads: list[Any],
+                                            transport_class: type) -> None:
+    _, protocol, client = _served(private_reactor, transport_class)
     try:
         for i in range(50):
             client.sendall(b"chunk %d;" % i)
@@ -594,7 +656,7 @@ def test_fws_reactor_reads_deliver_in_order(private_reactor: Any, twisted_reads:
 
 
 def test_fws_reactor_clean_close_reset_and_protocol_errors(
-    private_reactor: Any, twisted_reads: list[Any], logged_errors: list[Any]
+    private_reactor: Any, twisted_reads: list[Any], logged_errors: list[Any], transport_class: type
 ) -> None:
     import errno
     import socket
@@ -603,7 +665,7 @@ def test_fws_reactor_clean_close_reset_and_protocol_errors(
     from twisted.internet.error import ConnectionDone, ConnectionLost
 
     # The client closes: an empty read is a clean end.
-    server, protocol, client = _served(private_reactor)
+    server, protocol, client = _served(private_reactor, transport_class)
     client.sendall(b"last words")
     client.close()
     _poll_until(private_reactor, lambda: protocol.lost)
@@ -611,7 +673,7 @@ def test_fws_reactor_clean_close_reset_and_protocol_errors(
     assert protocol.lost[0].check(ConnectionDone)
 
     # The client resets (epoll reports HUP and ERR too: Twisted's own path handles it).
-    server, protocol, client = _served(private_reactor)
+    server, protocol, client = _served(private_reactor, transport_class)
     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     client.close()
     _poll_until(private_reactor, lambda: protocol.lost)
@@ -620,7 +682,7 @@ def test_fws_reactor_clean_close_reset_and_protocol_errors(
     # recv fails on a plain "readable" event: EWOULDBLOCK is nothing, anything else
     # a lost connection (not a clean one).
     server_before = server
-    server, protocol, client = _served(private_reactor)
+    server, protocol, client = _served(private_reactor, transport_class)
     real = server.socket
     failures = [BlockingIOError(errno.EAGAIN, "spurious"), ConnectionResetError(errno.ECONNRESET, "reset")]
 
@@ -644,7 +706,7 @@ def test_fws_reactor_clean_close_reset_and_protocol_errors(
     client.close()
 
     # The protocol raises: logged, and the connection dropped with that error.
-    server, protocol, client = _served(private_reactor)
+    server, protocol, client = _served(private_reactor, transport_class)
     protocol.explode = True
     client.sendall(b"boom")
     _poll_until(private_reactor, lambda: protocol.lost)
@@ -657,7 +719,7 @@ def test_fws_reactor_clean_close_reset_and_protocol_errors(
     # still registered: Twisted's "file descriptor went away", not a lost connection.
     from twisted.internet.error import ConnectionFdescWentAway
 
-    server, protocol, client = _served(private_reactor)
+    server, protocol, client = _served(private_reactor, transport_class)
     real_closed = server.socket
 
     class Closed:
@@ -677,6 +739,62 @@ def test_fws_reactor_clean_close_reset_and_protocol_errors(
     assert protocol.lost[0].check(ConnectionFdescWentAway) and protocol.received == []
     real_closed.close()
     client.close()
+
+
+def test_lean_server_keeps_no_strings_and_tells_the_same(private_reactor: Any) -> None:
+    """
+    fws's TCP transport computes logstr, repstr and fileno when read (230 bytes
+    per idle connection, issue 16) and tells what tcp.Server tells, before and
+    after the connection is lost.
+    """
+    from twisted.internet import tcp
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    from fws._wire.transport import LeanServer, lean_port
+
+    plain, _, plain_client = _served(private_reactor)
+    lean, _, lean_client = _served(private_reactor, LeanServer)
+    try:
+        assert {"logstr", "repstr", "fileno"} <= set(vars(plain))
+        assert not {"logstr", "repstr", "fileno"} & set(vars(lean))
+        assert lean.logPrefix() == plain.logPrefix() == "_Recorder,1,127.0.0.1"
+        assert lean.fileno() == lean.socket.fileno() and lean.getHandle() is lean.socket
+        assert repr(lean).startswith("<_Recorder #1 on ")  # its socket's port: no Port here
+        lean.connectionLost(Failure(ConnectionDone()))  # drops protocol, socket and fileno
+        assert lean.fileno() == -1 and lean.logPrefix() == "Connection,1,127.0.0.1"
+        assert repr(lean) == "<Connection #1 on ?>"
+    finally:
+        plain_client.close()
+        lean_client.close()
+        private_reactor.removeReader(plain)
+        plain.socket.close()
+
+    # Only TCP ports get it; a port that already builds another class keeps it.
+    port = tcp.Port(0, None)  # type: ignore[arg-type]
+    lean_port(port)
+    assert port.transport is LeanServer
+    port.transport = type("Custom", (tcp.Server,), {})
+    lean_port(port)
+    assert port.transport.__name__ == "Custom"
+    lean_port(object())  # not a TCP port: nothing happens
+
+
+@pytest_twisted.ensureDeferred
+async def test_fws_connections_ride_lean_transports(reactor: Any) -> None:
+    """The WebSocket port's connections get LeanServer, and its fast paths still take them."""
+    from fws._wire.outbound import can_write_directly
+    from fws._wire.transport import LeanServer
+
+    server = Server(reactor, ["echo"]).start()
+    try:
+        client = await server.connect()
+        [conn] = server.factory.users.values()
+        assert type(conn.transport) is LeanServer and can_write_directly(conn.transport)
+        client.send("through")
+        assert await client.recv() == (b"through", False)
+    finally:
+        await server.stop()
 
 
 def test_fws_server_runs_on_the_fws_reactor(echo_server: FwsProcess) -> None:

@@ -20,6 +20,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from fws._wire.handshake import SharedStrings
 from fws._wire.outbound import Lane
 from fws._wire.protocol import WireProtocol
 from fws.limits import Limits
@@ -65,6 +66,7 @@ class WireFactory(WebSocketServerFactory, Generic[P]):
         super().__init__(url=None, reactor=reactor, server=SERVER)  # type: ignore[no-untyped-call]
         # Autobahn's handshake, ping and close timeouts, with O(1) cancel (see fws.timers).
         self._batched_timer = BucketTimer(reactor)
+        self.strings = SharedStrings()
         self.limits = limits
         self.stats = stats
         self.node_id = node_id

@@ -8,8 +8,12 @@ cheaply on both ports (``--max-handshake-size``, ``--max-handshake-headers``).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from fws.versions import SERVER
+
+if TYPE_CHECKING:
+    from autobahn.websocket.types import ConnectionRequest
 
 #: What fws's own refusals of a request head say besides their status (as fws.web's do).
 #: Autobahn writes a refusal with only the headers it is given: the ``Server`` it puts on
@@ -50,3 +54,58 @@ def request_line_so_far(head: bytearray, seen: int, line_end: int) -> bool:
     parts = bytes(head[:line_end]).split(b" ")
     return (len(parts) == 3 and all(parts) and parts[2].startswith(b"HTTP/")
             and b"\r" not in head[:line_end])
+
+
+#: Headers whose values differ from one connection to the next: sharing them
+#: would only churn :class:`SharedStrings`.
+_OWN_VALUES = frozenset({"sec-websocket-key", "cookie", "authorization", "x-request-id",
+                         "traceparent", "x-amzn-trace-id"})
+
+
+class SharedStrings:
+    """
+    One copy of the request strings that many connections send alike.
+
+    An open connection keeps its handshake request (``request.headers`` is
+    the public API filters read), and Autobahn parses every header name and
+    value into strings of the connection's own: ~600 bytes per connection
+    for a bare client, more for a browser's ``User-Agent``, ``Accept-*`` and
+    ``Origin``, although almost all of them are the same on every
+    connection. Passed through here, the request holds this table's copy
+    instead. The table is bounded (``cap`` strings of at most ``longest``
+    characters; a header known to differ per connection is left alone) and
+    starts afresh when full, so a client sending new strings all the time
+    costs a little CPU and never more memory than before.
+    """
+
+    __slots__ = ("_strings", "cap", "longest")
+
+    def __init__(self, cap: int = 1024, longest: int = 256) -> None:
+        self._strings: dict[str, str] = {}
+        self.cap = cap
+        self.longest = longest
+
+    def __len__(self) -> int:
+        return len(self._strings)
+
+    def share(self, text: str) -> str:
+        """The table's copy of ``text`` (``text`` itself if it is new or too long)."""
+        if len(text) > self.longest:
+            return text
+        strings = self._strings
+        shared = strings.get(text)
+        if shared is None:
+            if len(strings) >= self.cap:
+                strings.clear()
+            strings[text] = shared = text
+        return shared
+
+    def share_request(self, request: ConnectionRequest) -> None:
+        """Make ``request``'s header names and values, host, path and origin the table's copies."""
+        share = self.share
+        request.headers = {share(name): value if name in _OWN_VALUES else share(value)
+                           for name, value in request.headers.items()}
+        request.host = share(request.host)
+        request.path = share(request.path)
+        if request.origin:
+            request.origin = share(request.origin)

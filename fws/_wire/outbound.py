@@ -17,11 +17,11 @@ import sys
 from typing import TYPE_CHECKING, Any, Protocol
 
 from autobahn.websocket.protocol import WebSocketProtocol
-from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from fws._wire.transport import PLAIN_TCP
 from fws.limits import CLOSE_SLOW_CONSUMER
 
 try:
@@ -267,7 +267,7 @@ def can_write_directly(transport: Any) -> bool:
     version these attributes are pinned for (``tests/test_fast_path.py``);
     TLS, unix sockets and anything unknown always go through ``write``.
     """
-    return (type(transport) is tcp.Server and isinstance(getattr(transport, "dataBuffer", None), bytes)
+    return (type(transport) in PLAIN_TCP and isinstance(getattr(transport, "dataBuffer", None), bytes)
             and isinstance(getattr(transport, "_tempDataBuffer", None), list)
             and hasattr(transport, "_writeDisconnected") and hasattr(transport, "socket")
             and hasattr(transport, "disconnecting"))

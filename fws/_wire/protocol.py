@@ -28,7 +28,12 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from fws._wire.framing import encode_frame, parse_frames
-from fws._wire.handshake import REFUSAL_HEADERS, refusal_headers, request_line_so_far
+from fws._wire.handshake import (
+    REFUSAL_HEADERS,
+    SharedStrings,
+    refusal_headers,
+    request_line_so_far,
+)
 from fws._wire.outbound import Lane, can_write_directly, unsent_bytes
 from fws._wire.payload import normalize_payload
 from fws.connection import CloseInfo
@@ -80,6 +85,8 @@ class WireHost(Protocol):
     connections: set[Any]
     #: Autobahn's batched timer: fws's :class:`fws.timers.BucketTimer`.
     _batched_timer: BucketTimer
+    #: One copy of the request strings connections send alike (see :class:`SharedStrings`).
+    strings: SharedStrings
 
     def pending_started(self, host: str | None) -> None: ...
     def pending_ended(self, host: str | None) -> None: ...
@@ -813,6 +820,7 @@ class WireProtocol(WebSocketServerProtocol):
             transport.abortConnection()
 
     def onConnect(self, request: ConnectionRequest) -> Any:
+        self.factory.strings.share_request(request)  # the open connection keeps it
         self.request = request
         try:
             outcome = self.admit(request)

@@ -15,10 +15,11 @@ The commonest event of all, "a TCP connection has data", then still costs
 ``_doReadOrWrite`` (disconnect and fileno checks), ``Connection.doRead`` and
 ``Connection._dataReceived`` around the ``recv``: three Python calls per read,
 16 % of the echo path. For that event alone (``EPOLLIN`` and nothing else, on a
-plain ``tcp.Server``), ``doPoll`` does what those three do inline, with the
-same outcomes: ``EWOULDBLOCK`` ignored, other ``recv`` errors a lost
-connection, an empty read a clean one, anything the protocol raises logged
-and the connection dropped. ``tests/test_fast_path.py`` pins the Twisted
+plain ``tcp.Server`` or fws's :class:`~fws._wire.transport.LeanServer`),
+``doPoll`` does what those three do inline, with the same outcomes:
+``EWOULDBLOCK`` ignored, other ``recv`` errors a lost connection, an empty
+read a clean one, anything the protocol raises logged and the connection
+dropped. ``tests/test_fast_path.py`` pins the Twisted
 source it mirrors.
 
 ``fws_server`` installs it when nothing has installed a reactor yet and the
@@ -44,6 +45,8 @@ def _reactor_class() -> type:
     from twisted.internet.posixbase import _NO_FILEDESC
     from twisted.internet.tcp import Server
     from twisted.python import log
+
+    from fws._wire.transport import LeanServer
 
     EWOULDBLOCK = errno.EWOULDBLOCK
 
@@ -80,7 +83,8 @@ def _reactor_class() -> type:
                     selectable = selectables.get(fd)
                     if selectable is None:
                         continue
-                    if event != EPOLLIN or selectable.__class__ is not Server:
+                    kind = selectable.__class__
+                    if event != EPOLLIN or (kind is not LeanServer and kind is not Server):
                         dispatch(selectable, fd, event)  # type: ignore[no-untyped-call]
                         continue
                     # Connection.doRead and _dataReceived, as _doReadOrWrite runs them.

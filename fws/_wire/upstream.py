@@ -137,9 +137,15 @@ UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
     ("twisted.internet.posixbase", "_NO_FILEDESC", "global"),
     ("twisted.internet.posixbase._DisconnectSelectableMixin", "_disconnectSelectable", "method"),  # called
     ("twisted.internet.posixbase._PollLikeMixin", "_doReadOrWrite", "method"),  # called; its read path is also mirrored inline in FwsEPollReactor.doPoll (fws/_wire/reactor.py)
-    ("twisted.internet.tcp", "Server", "global"),  # exact-class checks (type(t) is tcp.Server); public name, implementation module; borderline
+    ("twisted.internet.tcp", "Server", "global"),  # exact-class checks (PLAIN_TCP), subclassed by LeanServer; public name, implementation module; borderline
+    ("twisted.internet.tcp.Connection", "fileno", "instance"),  # set in tcp.Connection.__init__; a property on LeanServer
     ("twisted.internet.tcp.Connection", "protocol", "instance"),  # set in tcp.Connection.__init__
     ("twisted.internet.tcp.Connection", "socket", "instance"),  # set in tcp.Connection.__init__ (public way: ITCPTransport.getHandle())
+    ("twisted.internet.tcp.Port", "_realPortNumber", "instance"),  # set in Port.startListening; read by LeanServer.repstr as Server.__init__ reads it
+    ("twisted.internet.tcp.Port", "transport", "class"),  # the transport class Port.doRead builds; set per port to LeanServer by lean_port
+    ("twisted.internet.tcp.Server", "_getLogPrefix", "method"),  # called by LeanServer.logstr as Server.__init__ calls it
+    ("twisted.internet.tcp.Server", "logstr", "instance"),  # set in Server.__init__; a property on LeanServer
+    ("twisted.internet.tcp.Server", "repstr", "instance"),  # set in Server.__init__ and _fromConnectedSocket; a property on LeanServer
     ("twisted.protocols.basic.LineReceiver", "_buffer", "class"),  # class default b""; rebound by LineReceiver.dataReceived
     ("twisted.protocols.basic.LineReceiver", "line_mode", "class"),  # class default 1; set by setLineMode/setRawMode (no @ivar)
     ("twisted.python.usage.Options", "parent", "class"),  # class default None; set by Options.parseOptions on sub-options; borderline
