@@ -175,7 +175,8 @@ class FwsServerProtocol(WireProtocol):
         if ordered is not None:
             ordered.submit((payload, is_binary))
             return
-        self.is_binary = is_binary
+        if is_binary or self.is_binary:  # text only: the class's False (one dict key fewer)
+            self.is_binary = is_binary
         outcome = run_chain(self.factory.pipeline.message, self, bytearray(payload),
                             event="message", conn_id=self.id, binary=is_binary)
         if outcome is not None and isinstance(outcome, Deferred):

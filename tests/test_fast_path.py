@@ -379,7 +379,13 @@ async def test_open_connections_keep_a_compact_dict(reactor: Any) -> None:
         state = vars(conn)
         assert not set(state) & set(_HANDSHAKE_LEFTOVERS)
         assert not set(state) & set(_IDLE_DEFAULTS)
-        assert len(state) <= 21, sorted(state)  # a dict of 32 slots, not 64 (issue 16)
+        # 10 keys fit a table of 16 slots (272 bytes; 21 need 32: 464): issue 16.
+        assert len(state) <= 10, sorted(state)
+        assert "factory" not in state and conn.factory is server.factory  # the class's
+        from fws._wire.protocol import _OPEN_STATE
+
+        assert not set(state) & set(_OPEN_STATE)
+        assert conn.connected == 1 and conn.state == conn.STATE_OPEN and conn._opened
         assert conn.current_frame is None and conn.closedByMe is False  # from the class
         assert conn.send_queue == ()
         assert "_results" not in state and "_valid_events" not in state
@@ -389,8 +395,9 @@ async def test_open_connections_keep_a_compact_dict(reactor: Any) -> None:
         assert conn.trafficStats.incomingOctetsWireLevel == 0 and conn.transport_details is None
         client.send("still works")
         assert await client.recv() == (b"still works", False)
-        # Messages (the default limits' budgets, is_binary, messages_in) keep it within 21.
-        assert len(vars(conn)) <= 21, sorted(vars(conn))
+        # Text messages (the default limits' budgets, messages_in) keep it within 10.
+        assert len(vars(conn)) <= 10, sorted(vars(conn))
+        assert "is_binary" not in vars(conn)
         client.sendMessage(b"in two", isBinary=False, fragmentSize=3)
         assert await client.recv() == (b"in two", False)
         conn.sendPing(b"ping")

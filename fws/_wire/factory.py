@@ -99,8 +99,10 @@ class WireFactory(WebSocketServerFactory, Generic[P]):
             return  # Autobahn's __init__ sets its defaults before fws's __init__ runs
         if self._baked is None or self.protocol is not self._baked:
             base = self.protocol
+            # The factory too is a class attribute: one key fewer in every connection's dict.
             self._baked = type(base.__name__, (base,), {"__module__": base.__module__,
-                                                        "__qualname__": base.__qualname__})
+                                                        "__qualname__": base.__qualname__,
+                                                        "factory": self})
             self.protocol = self._baked
         for name in self._baked.CONFIG_ATTRS:
             value = getattr(self, name)
@@ -128,7 +130,9 @@ class WireFactory(WebSocketServerFactory, Generic[P]):
 
     def build(self, addr: Any) -> P:
         """A connection, without the accept cap (a connection twisted.web hands over has passed it)."""
-        proto: P = super().buildProtocol(addr)  # type: ignore[assignment]
+        proto: P = self.protocol()
+        if self.protocol is not self._baked:  # the baked class has the factory (setProtocolOptions)
+            proto.factory = self
         proto.id = f"{self.node_id}-{next(self._ids)}"
         return proto
 

@@ -30,7 +30,7 @@ OWNER = "fws._wire"
 
 UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
     ("autobahn.twisted.websocket.WebSocketAdapterProtocol", "_transport_details", "instance"),  # set in WebSocketAdapterProtocol.connectionMade, read in _onOpen; popped by _compact (class default None)
-    ("autobahn.twisted.websocket.WebSocketAdapterProtocol", "peer", "instance"),  # set in WebSocketAdapterProtocol.connectionMade ("backward compatibility"); borderline
+    ("autobahn.twisted.websocket.WebSocketAdapterProtocol", "peer", "instance"),  # set in WebSocketAdapterProtocol.connectionMade ("backward compatibility"); a property on WireProtocol falling back to request.peer once open; borderline
     ("autobahn.twisted.websocket.WebSocketServerProtocol", "log", "class"),  # shadowed per instance by _DebugOnly in _autobahn_at_debug; relies on it being class-level
     ("autobahn.util.ObservableMixin", "_listeners", "class"),
     ("autobahn.util.ObservableMixin", "_results", "instance"),  # set by ObservableMixin.set_valid_events from WebSocketProtocol.__init__ (which WireProtocol skips) or WireProtocol.on; popped by _compact
@@ -63,7 +63,7 @@ UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
     ("autobahn.websocket.protocol.WebSocketProtocol", "closeHandshakeTimeoutCall", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "closedByMe", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "current_frame", "instance"),  # set in WebSocketServerProtocol.succeedHandshake; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
-    ("autobahn.websocket.protocol.WebSocketProtocol", "data", "instance"),  # set in WebSocketProtocol._connectionMade
+    ("autobahn.websocket.protocol.WebSocketProtocol", "data", "instance"),  # set in WebSocketProtocol._connectionMade; class default b"" on WireProtocol (_OPEN_STATE), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "dropConnection", "method"),  # overridden and called
     ("autobahn.websocket.protocol.WebSocketProtocol", "droppedByMe", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "failedByMe", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact; written by fws
@@ -80,9 +80,9 @@ UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
     ("autobahn.websocket.protocol.WebSocketProtocol", "remoteCloseReason", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "sendCloseFrame", "method"),  # called (fws.close)
     ("autobahn.websocket.protocol.WebSocketProtocol", "sendData", "method"),  # overridden (not a documented hook)
-    ("autobahn.websocket.protocol.WebSocketProtocol", "send_queue", "instance"),  # set in WebSocketProtocol._connectionMade; fws replaces it with () after _connectionMade
+    ("autobahn.websocket.protocol.WebSocketProtocol", "send_queue", "instance"),  # set in WebSocketProtocol._connectionMade; fws replaces it with () after _connectionMade; class default () (_OPEN_STATE)
     ("autobahn.websocket.protocol.WebSocketProtocol", "send_state", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
-    ("autobahn.websocket.protocol.WebSocketProtocol", "state", "instance"),  # set in WebSocketProtocol._connectionMade
+    ("autobahn.websocket.protocol.WebSocketProtocol", "state", "instance"),  # set in WebSocketProtocol._connectionMade and on every transition; class default STATE_OPEN on WireProtocol (_OPEN_STATE), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "trackedTimings", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "trafficStats", "instance"),  # set in WebSocketProtocol._connectionMade; popped by _compact, class default _NO_TRAFFIC_STATS on WireProtocol
     ("autobahn.websocket.protocol.WebSocketProtocol", "triggered", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
