@@ -363,6 +363,40 @@ def test_lazy_pformat_formats_as_pformat() -> None:
     assert str(_LazyPformat(value)) == pprint.pformat(value)
 
 
+def test_autobahns_highlights_are_lazy_and_read_the_same() -> None:
+    """
+    hltype/hlval in Autobahn's websocket modules are computed only when a
+    log line is formatted (a fifth of a handshake's CPU otherwise), and every
+    call site there is a keyword argument of a log call, so nothing else sees them.
+    """
+    import importlib
+    import inspect
+    import re
+
+    from autobahn import util
+    from twisted.logger import formatEvent
+
+    from fws._wire.protocol import _HIGHLIGHTING_MODULES, WireProtocol
+
+    for name in _HIGHLIGHTING_MODULES:
+        module = importlib.import_module(name)
+        assert module.hltype.fws_lazy and module.hlval.fws_lazy
+        lines = inspect.getsource(module).splitlines()
+        sites = [i for i, line in enumerate(lines) if re.search(r"\bhl(type|val)\(", line)
+                 and not line.lstrip().startswith(("from ", "import ", "def "))]
+        assert sites, name
+        for i in sites:
+            assert re.search(r"(^\s*|, )\w+=hl(type|val)\(", lines[i]), (name, i + 1, lines[i])
+            assert any(re.search(r"\.log\.\w+\($", line.strip()) or ".log." in line
+                       for line in lines[max(0, i - 8):i]), (name, i + 1, lines[i])
+    method = WireProtocol.processHandshake
+    lazy = importlib.import_module("autobahn.websocket.protocol").hltype(method)
+    event = {"log_format": "{func} and {n}", "func": lazy,
+             "n": importlib.import_module("autobahn.websocket.protocol").hlval(3)}
+    assert formatEvent(event) == f"{util.hltype(method)} and {util.hlval(3)}"
+    assert str(lazy) == repr(lazy) == util.hltype(method)
+
+
 @pytest_twisted.ensureDeferred
 async def test_open_connections_keep_a_compact_dict(reactor: Any) -> None:
     """

@@ -102,10 +102,18 @@ class SharedStrings:
 
     def share_request(self, request: ConnectionRequest) -> None:
         """Make ``request``'s header names and values, host, path and origin the table's copies."""
+        # share() inlined for the names and values (a handshake's dozen lookups).
+        strings = self._strings
+        known = strings.get
         share = self.share
-        request.headers = {share(name): value if name in _OWN_VALUES else share(value)
-                           for name, value in request.headers.items()}
-        request.host = share(request.host)
-        request.path = share(request.path)
+        headers = {}
+        for name, value in request.headers.items():
+            name = known(name) or share(name)
+            if name not in _OWN_VALUES:
+                value = known(value) or share(value)
+            headers[name] = value
+        request.headers = headers
+        request.host = known(request.host) or share(request.host)
+        request.path = known(request.path) or share(request.path)
         if request.origin:
-            request.origin = share(request.origin)
+            request.origin = known(request.origin) or share(request.origin)

@@ -264,6 +264,57 @@ class _LazyPformat:
     __repr__ = __str__
 
 
+class _LazyHighlight(tuple):  # type: ignore[type-arg]
+    """
+    ``autobahn.util.hltype(obj)`` or ``hlval(obj)``, computed only when a log observer formats it.
+
+    Autobahn passes ``func=hltype(self.method)`` (the method's qualified name,
+    coloured by ``click``) to debug lines in its ``dataReceived``, ``sendData``,
+    ``_connectionMade``, ``processHandshake``, ``onConnect`` and
+    ``_connectionLost``, whether or not debug logging is on: 4.4 us each,
+    seven per handshake, about a fifth of a handshake's CPU time. Autobahn's
+    two websocket modules use them for nothing else (``test_fast_path`` checks
+    every call site), so :func:`_install_lazy_highlights` swaps them for these
+    for good; a debug line formats them as before.
+    """
+
+    # A tuple (func, obj): made without a Python __init__ call.
+    __slots__ = ()
+
+    def __format__(self, spec: str) -> str:
+        return format(self[0](self[1]), spec)
+
+    def __str__(self) -> str:
+        return str(self[0](self[1]))
+
+    __repr__ = __str__
+
+
+#: The Autobahn modules whose log lines call hltype and hlval (the server side fws runs).
+_HIGHLIGHTING_MODULES = ("autobahn.websocket.protocol", "autobahn.twisted.websocket")
+
+
+def _install_lazy_highlights() -> None:
+    """Make ``hltype``/``hlval`` in :data:`_HIGHLIGHTING_MODULES` lazy (see _LazyHighlight)."""
+    import importlib
+
+    from autobahn import util
+
+    def lazy(func: Any) -> Any:
+        def highlight(obj: Any) -> _LazyHighlight:
+            return _LazyHighlight((func, obj))
+        highlight.fws_lazy = True  # type: ignore[attr-defined]
+        return highlight
+
+    for name in _HIGHLIGHTING_MODULES:
+        module = importlib.import_module(name)
+        for helper in ("hltype", "hlval"):
+            if not getattr(getattr(module, helper), "fws_lazy", False):
+                setattr(module, helper, lazy(getattr(util, helper)))
+
+
+_install_lazy_highlights()
+
 
 class WireProtocol(WebSocketServerProtocol):
     """
