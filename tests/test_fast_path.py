@@ -349,6 +349,71 @@ def test_handshake_neither_pretty_prints_nor_copies_options(reactor: Any) -> Non
     assert factory._batched_timer.pending() == 0  # the lost connection's timeout is cancelled
 
 
+def test_fws_connection_made_leaves_the_state_autobahns_leaves(reactor: Any) -> None:
+    """
+    Differential: WireProtocol._connectionMade (the baked class's short one)
+    and Autobahn's own, run on two connections of the same class, leave the
+    same state, attribute by attribute, for every attribute Autobahn sets;
+    and both connections then open and echo alike.
+    """
+    import base64
+    from collections import deque
+
+    from autobahn.websocket.protocol import TrafficStats
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.testing import StringTransport
+    from twisted.python.failure import Failure
+
+    from fws._wire.protocol import WireProtocol
+
+    server = Server.from_argv(reactor, "-f", "echo")
+    peer = IPv4Address("TCP", "127.0.0.1", 40002)
+
+    def connect(autobahns: bool) -> tuple[Any, StringTransport]:
+        proto = server.factory.buildProtocol(peer)
+        assert proto._options_baked
+        if autobahns:  # the same class, made to take Autobahn's own path
+            proto._options_baked = False
+        transport = StringTransport(peerAddress=peer)
+        proto.makeConnection(transport)
+        return proto, transport
+
+    ours, our_transport = connect(False)
+    theirs, their_transport = connect(True)
+    assert "CONFIG_ATTRS" not in vars(ours)
+    # Autobahn's path sets these on the instance; fws's finds each on the class.
+    assert len(vars(theirs)) > len(vars(ours)) + 20
+    for name, value in vars(theirs).items():
+        mine = getattr(ours, name)
+        if isinstance(value, TrafficStats):
+            assert mine.incomingOctetsWireLevel == 0, name  # the shared stand-in
+        elif isinstance(value, deque) or name == "send_queue":
+            assert len(mine) == len(value) == 0, name
+        elif name == "openHandshakeTimeoutCall":
+            assert type(mine) is type(value) and mine.active() and value.active()
+        elif name in ("transport", "_transport_details", "_lane", "id", "_pending_host",
+                      "_options_baked"):
+            continue  # per connection by nature
+        else:
+            assert mine == value, (name, mine, value)
+    assert server.factory.countConnections >= 2
+    key = base64.b64encode(b"0123456789abcdef")
+    request = (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    frame = bytes([0x81, 0x82, 1, 2, 3, 4]) + bytes(b ^ m for b, m in zip(b"hi", b"\x01\x02"))
+    for proto, transport in ((ours, our_transport), (theirs, their_transport)):
+        proto.dataReceived(request)
+        assert proto.state == proto.STATE_OPEN
+        assert transport.value().startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+        transport.clear()
+        proto.dataReceived(frame)
+        proto.factory._flush()
+        assert transport.value() == b"\x81\x02hi", transport.value()
+        proto.connectionLost(Failure(ConnectionDone()))
+    assert isinstance(ours, WireProtocol)
+
+
 def test_lazy_pformat_formats_as_pformat() -> None:
     """With debug logging on, Autobahn's line reads exactly as before."""
     import pprint

@@ -102,7 +102,8 @@ class WireFactory(WebSocketServerFactory, Generic[P]):
             # The factory too is a class attribute: one key fewer in every connection's dict.
             self._baked = type(base.__name__, (base,), {"__module__": base.__module__,
                                                         "__qualname__": base.__qualname__,
-                                                        "factory": self})
+                                                        "factory": self,
+                                                        "_options_baked": True})
             self.protocol = self._baked
         for name in self._baked.CONFIG_ATTRS:
             value = getattr(self, name)

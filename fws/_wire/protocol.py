@@ -364,6 +364,7 @@ class WireProtocol(WebSocketServerProtocol):
     #: Autobahn protocol options, set on the class by the factory.
     autoFragmentSize: int
     closeHandshakeTimeout: float
+    openHandshakeTimeout: float
     #: Whether the transport is plain TCP whose socket fws may write itself
     #: (set in connectionMade; the class says True, as for most: see _OPEN_STATE).
     _direct = True
@@ -615,7 +616,40 @@ class WireProtocol(WebSocketServerProtocol):
         if pos < len(data):
             super().dataReceived(data[pos:] if pos else data)
 
+    #: Autobahn's next auto-ping (a timer call) while auto-ping is on; None until open.
+    autoPingPendingCall: Any = None
+    #: True on the protocol class a WireFactory makes, which has every Autobahn
+    #: option as a class attribute (see WireFactory.setProtocolOptions).
+    _options_baked = False
+
     def _connectionMade(self) -> None:
+        """
+        Autobahn's server ``_connectionMade``, less what an fws connection has already.
+
+        Autobahn's copies the factory's 29 options onto the connection unless
+        it has them (a loop of hasattr, getattr and a list for a debug line),
+        then sets 30 attributes to the values every new connection starts
+        with, makes a TrafficStats, a deque and a UTF-8 validator, and
+        schedules the opening-handshake timeout. On a connection of a baked
+        protocol class the options are class attributes and so are those 30
+        starting values (``_IDLE_DEFAULTS``, ``_OPEN_STATE``, ``_BEFORE_OPEN``
+        from ``__init__``), and the rest is made on demand; what is left is
+        the count and the timeout. ``tests/test_fast_path.py`` runs both on
+        the same class and requires the same state, attribute by attribute.
+        """
+        if not self._options_baked:
+            self._autobahn_connection_made()
+            return
+        self.log.debug("{func}: connection accepted from peer {peer}",
+                       func=_autobahn_protocol.hltype(self._connectionMade), peer=self.peer)
+        factory: Any = self.factory  # Autobahn's factory: its countConnections
+        factory.countConnections += 1
+        if self.openHandshakeTimeout > 0:
+            self.openHandshakeTimeoutCall = factory._batched_timer.call_later(
+                self.openHandshakeTimeout, self.onOpenHandshakeTimeout)
+
+    def _autobahn_connection_made(self) -> None:
+        """Autobahn's own ``_connectionMade``, with fws's lazy pformat and validator."""
         # See _LazyPformat and utf8validator; the module globals are Autobahn's own
         # again at once.
         _autobahn_protocol.pformat = _LazyPformat  # type: ignore[assignment]

@@ -50,13 +50,13 @@ UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
     ("autobahn.websocket.protocol.WebSocketProtocol", "STATE_CONNECTING", "class"),
     ("autobahn.websocket.protocol.WebSocketProtocol", "STATE_OPEN", "class"),  # state constant (not in IWebSocketChannel)
     ("autobahn.websocket.protocol.WebSocketProtocol", "_cancelAutoPingTimeoutCall", "method"),  # called (fast path)
-    ("autobahn.websocket.protocol.WebSocketProtocol", "_connectionMade", "method"),  # overridden; base does the option copy / pformat / Utf8Validator / send_queue
+    ("autobahn.websocket.protocol.WebSocketProtocol", "_connectionMade", "method"),  # overridden; base does the option copy / pformat / Utf8Validator / send_queue; not called on a baked class (test_fast_path compares the state both leave)
     ("autobahn.websocket.protocol.WebSocketProtocol", "_dataReceived", "method"),  # overridden (handshake bounding)
     ("autobahn.websocket.protocol.WebSocketProtocol", "_invalid_payload", "method"),  # called
     ("autobahn.websocket.protocol.WebSocketProtocol", "_perMessageCompress", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "_protocol_violation", "method"),  # called
     ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingPending", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
-    ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingPendingCall", "instance"),  # set in WebSocketProtocol._connectionMade
+    ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingPendingCall", "instance"),  # set in WebSocketProtocol._connectionMade (class default None on WireProtocol, whose _connectionMade does not set it) and _onOpen
     ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingPendingSent", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingPendingSeq", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingTimeoutCall", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
