@@ -61,6 +61,7 @@ from fws.redis_sentinel import (
     HostPort,
     Sentinels,
     check_master_name,
+    client_endpoint,
     format_host_port,
     parse_sentinels,
     parse_switch,
@@ -763,7 +764,7 @@ class RedisService(Service):
 
     def _master_endpoint(self, master: HostPort) -> tuple[IStreamClientEndpoint, str]:
         host, port = master
-        endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self.connect_timeout)
+        endpoint = client_endpoint(self._reactor, host, port, self.connect_timeout)
         return endpoint, format_host_port(master)
 
     def _locate_sentinel(self) -> Deferred[tuple[IStreamClientEndpoint, str]]:
@@ -771,7 +772,7 @@ class RedisService(Service):
         sentinels = self.address.sentinels
         host, port = sentinels[self._watch_next % len(sentinels)]
         self._watch_next += 1
-        endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self.connect_timeout)
+        endpoint = client_endpoint(self._reactor, host, port, self.connect_timeout)
         return succeed((endpoint, format_host_port((host, port))))
 
     def _watch(self, proto: SubscriberProtocol) -> Deferred[Any]:

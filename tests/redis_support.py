@@ -19,22 +19,35 @@ def free_port() -> int:
 
 
 class RedisProcess:
-    """redis-server with nothing on disk; ``kill()`` and ``start()`` keep the same port."""
+    """
+    redis-server with nothing on disk; ``kill()`` and ``start()`` keep the same port.
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    :param host: The loopback address to listen on (any of 127.0.0.0/8: two
+        servers on one port and two addresses stand for a Redis that moved).
+    :param replicaof: Start as a replica of the Redis on this port.
+    """
+
+    def __init__(self, directory: Path, port: int | None = None, host: str = "127.0.0.1",
+                 replicaof: RedisProcess | None = None) -> None:
         self.exe = program("redis-server", "redis-server")
         self.directory = directory
+        self.host = host
         self.port = port or free_port()
         assert self.port != 6379
+        self.replicaof = replicaof
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def arguments(self) -> list[str]:
+        args = [self.exe, "--port", str(self.port), "--bind", self.host, "--save", "",
+                "--appendonly", "no", "--dir", str(self.directory), "--protected-mode", "no",
+                "--logfile", str(self.directory / f"redis-{self.host}-{self.port}.log")]
+        if self.replicaof is not None:
+            args += ["--replicaof", self.replicaof.host, str(self.replicaof.port)]
+        return args
+
     def start(self, timeout: float = 10.0) -> RedisProcess:
-        self.proc = subprocess.Popen(
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory), "--protected-mode", "no",
-             "--logfile", str(self.directory / f"redis-{self.port}.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        self.proc = subprocess.Popen(self.arguments(), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -68,7 +81,7 @@ class RedisProcess:
         """Send one command with a raw socket and return the first reply line (for checks)."""
         parts = [a.encode() if isinstance(a, str) else a for a in args]
         wire = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+        with socket.create_connection((self.host, self.port), timeout=2) as s:
             s.sendall(wire)
             data = b""
             while not data.endswith(b"\r\n"):
@@ -84,7 +97,35 @@ class RedisProcess:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class SentinelProcess(RedisProcess):
+    """
+    ``redis-server sentinel.conf --sentinel`` monitoring ``master`` as ``name``,
+    its configuration written in ``directory`` (Sentinel rewrites it as it learns);
+    quick to decide: ``down-after-milliseconds`` 500 and a short failover timeout.
+    """
+
+    def __init__(self, directory: Path, master: RedisProcess, name: str = "mymaster",
+                 quorum: int = 1, down_after_ms: int = 500, failover_timeout_ms: int = 3000) -> None:
+        super().__init__(directory)
+        self.conf = directory / f"sentinel-{self.port}.conf"
+        self.conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\nprotected-mode no\ndir {directory}\n"
+            f"logfile {directory / f'sentinel-{self.port}.log'}\n"
+            f"sentinel monitor {name} {master.host} {master.port} {quorum}\n"
+            f"sentinel down-after-milliseconds {name} {down_after_ms}\n"
+            f"sentinel failover-timeout {name} {failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {name} 1\n"
+        )
+
+    def arguments(self) -> list[str]:
+        return [self.exe, str(self.conf), "--sentinel"]
 
 
 class FaultyProxy:
