@@ -739,12 +739,12 @@ class RedisService(Service):
         super().stopService()
         if self._ping is not None and self._ping.running:
             self._ping.stop()
-        if self._sentinels is not None:
-            self._sentinels.stop()
         links = [link for link in (self._command_link, self._subscriber_link, self._watch_link)
                  if link is not None]
-        return gatherResults([link.stop() for link in links], consumeErrors=True).addCallback(
-            lambda _: None)
+        stopped = gatherResults([link.stop() for link in links], consumeErrors=True)
+        if self._sentinels is not None:
+            self._sentinels.stop()  # (the links' questions are cancelled already)
+        return stopped.addCallback(lambda _: None)
 
     def _subscribe(self, proto: SubscriberProtocol) -> Deferred[Any]:
         return gatherResults([_each(proto.subscribe, self.channels),
@@ -812,8 +812,9 @@ class RedisService(Service):
         links = [link for link in (self._command_link, self._subscriber_link) if link is not None]
         if self._following is None:
             self._following = reason
-            log.warn("Redis at {address} is no longer the master ({reason}); reconnecting both "
-                     "connections to the master", address=self.where(), reason=reason)
+            if self.commands_connected or self.subscribed:  # (else an outage is logged already)
+                log.warn("Redis at {address} is no longer the master ({reason}); reconnecting "
+                         "both connections to the master", address=self.where(), reason=reason)
             for link in links:
                 link.drop_current(reason)
         if announced:

@@ -109,19 +109,33 @@ class SentinelProcess(RedisProcess):
     ``redis-server sentinel.conf --sentinel`` monitoring ``master`` as ``name``,
     its configuration written in ``directory`` (Sentinel rewrites it as it learns);
     quick to decide: ``down-after-milliseconds`` 500 and a short failover timeout.
+
+    :param template: A sentinel.conf to start from (the documented one): its
+        port, master address, quorum and timeouts are replaced by the test's.
     """
 
     def __init__(self, directory: Path, master: RedisProcess, name: str = "mymaster",
-                 quorum: int = 1, down_after_ms: int = 500, failover_timeout_ms: int = 3000) -> None:
+                 quorum: int = 1, down_after_ms: int = 500, failover_timeout_ms: int = 3000,
+                 template: Path | None = None) -> None:
         super().__init__(directory)
         self.conf = directory / f"sentinel-{self.port}.conf"
+        settings = [f"sentinel monitor {name} {master.host} {master.port} {quorum}",
+                    f"sentinel down-after-milliseconds {name} {down_after_ms}",
+                    f"sentinel failover-timeout {name} {failover_timeout_ms}",
+                    f"sentinel parallel-syncs {name} 1"]
+        if template is not None:
+            replaced = {" ".join(line.split()[:2]): line for line in settings}
+            settings = []
+            for line in template.read_text().splitlines():
+                words = line.split()
+                if not words or words[0].startswith("#") or words[0] == "port":
+                    continue
+                key = " ".join(words[:2])
+                assert words[0] != "sentinel" or key in replaced or words[2] == name, line
+                settings.append(replaced.get(key, line))
         self.conf.write_text(
             f"port {self.port}\nbind 127.0.0.1\nprotected-mode no\ndir {directory}\n"
-            f"logfile {directory / f'sentinel-{self.port}.log'}\n"
-            f"sentinel monitor {name} {master.host} {master.port} {quorum}\n"
-            f"sentinel down-after-milliseconds {name} {down_after_ms}\n"
-            f"sentinel failover-timeout {name} {failover_timeout_ms}\n"
-            f"sentinel parallel-syncs {name} 1\n"
+            f"logfile {directory / f'sentinel-{self.port}.log'}\n" + "\n".join(settings) + "\n"
         )
 
     def arguments(self) -> list[str]:

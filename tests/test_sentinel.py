@@ -37,6 +37,8 @@ from tests.test_redis_faults import readyz, wait_for, wait_until
 redis_py = module("redis")
 
 NAME = "mymaster"
+#: The documented sentinel.conf: every Sentinel here starts from it.
+SENTINEL_CONF = Path(__file__).resolve().parent.parent / "docs" / "deploy" / "sentinel.conf"
 #: Longer than this is not slow but broken (the issue promises 2 s; printed, not asserted).
 BROKEN_AFTER = 30.0
 
@@ -56,7 +58,7 @@ class Deployment:
     def __init__(self, directory: Path, sentinels: int, quorum: int) -> None:
         self.master = RedisProcess(directory)
         self.replica = RedisProcess(directory, replicaof=self.master)
-        self.sentinels = [SentinelProcess(directory, self.master, NAME, quorum)
+        self.sentinels = [SentinelProcess(directory, self.master, NAME, quorum, template=SENTINEL_CONF)
                           for _ in range(sentinels)]
         self.processes: list[RedisProcess] = [self.master, self.replica, *self.sentinels]
 
