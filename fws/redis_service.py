@@ -306,6 +306,7 @@ class _Link:
         self._connecting: Deferred[Any] | None = None
         self._timer: IDelayedCall | None = None  # the attempt's deadline, or the retry wait
         self._waiting = False  # _timer is the retry wait
+        self._kicked_at = float("-inf")  # the last retry_now() that retried
         self._drop_reason: str | None = None
         self._failures = 0
         self._running = False
@@ -344,8 +345,14 @@ class _Link:
         self._failed(_reason(failure))
 
     def retry_now(self) -> None:
-        """If waiting to retry, retry at once (the master is known to have moved)."""
-        if self._running and self._waiting and self._timer is not None:
+        """
+        If waiting to retry, retry at once (the master is known to have moved);
+        at most once per :data:`RETRY_INITIAL`, whatever a Sentinel announces.
+        """
+        now = self.reactor.seconds()
+        if self._running and self._waiting and self._timer is not None \
+                and now - self._kicked_at >= RETRY_INITIAL:
+            self._kicked_at = now
             self._cancel_timer()
             self._failures = 0
             self._attempt()
@@ -835,9 +842,11 @@ class RedisService(Service):
                     self._sentinels.prefer(address)
         if self.master == format_host_port(new) and self.ready:
             return  # followed already (a READONLY, or another Sentinel said so first)
-        log.info("Sentinel at {sentinel} announced the failover of master {name} from {old} to "
-                 "{new}", sentinel=link.where, name=self._sentinels.name,
-                 old=format_host_port(old), new=format_host_port(new))
+        # One line per failover followed, not per announcement (a Sentinel may repeat itself).
+        emit = log.info if self._following is None else log.debug
+        emit("Sentinel at {sentinel} announced the failover of master {name} from {old} to "
+             "{new}", sentinel=link.where, name=self._sentinels.name,
+             old=format_host_port(old), new=format_host_port(new))
         self.master_lost(f"Sentinel moved master {self._sentinels.name} to {format_host_port(new)}",
                          announced=True)
 

@@ -150,6 +150,11 @@ def master_of(proc: FwsProcess) -> str | None:
     return master
 
 
+def watched(proc: FwsProcess) -> bool:
+    """/readyz says a Sentinel's +switch-master is watched."""
+    return bool(readyz(proc.admin)[1].get("storage", {}).get("redis_sentinel_watched") == "yes")  # type: ignore[attr-defined]
+
+
 def failovers(proc: FwsProcess) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{proc.admin}/metrics",  # type: ignore[attr-defined]
                                 timeout=2) as response:
@@ -256,10 +261,15 @@ def test_three_sentinels_sigkill_and_failover_back(
         ids = {node_id(proc) for proc in nodes}
         assert members(setup, master, "room") == ids
 
-        # 1. SIGKILL the master: the Sentinels promote the replica.
+        # 1. The Sentinel that every node watches dies: each watches another one.
+        first.kill()
+        for proc in nodes:
+            wait_until(lambda proc=proc: watched(proc), BROKEN_AFTER,  # type: ignore[misc]
+                       f"{proc.url} watching another Sentinel")
+        # 2. SIGKILL the master: the two Sentinels left (a majority) promote the replica.
         master.kill()
         killed = time.monotonic()
-        wait_until(lambda: setup.said_master(first) == replica.address, BROKEN_AFTER,
+        wait_until(lambda: setup.said_master(second) == replica.address, BROKEN_AFTER,
                    "the Sentinels to promote the replica", 0.02)
         promoted = time.monotonic()
         ready, delivered = follow(nodes, clients, replica, promoted)
@@ -272,14 +282,14 @@ def test_three_sentinels_sigkill_and_failover_back(
             assert failovers(proc) == 1
             wait_until(lambda proc=proc: replica.address in "\n".join(proc.lines()), 5, "logged")
 
-        # 2. The old master comes back as a replica; fail over back to it.
+        # 3. The old master comes back as a replica; fail over back to it.
         master.replicaof = replica
         master.start()
         setup.wait_good_replica(master)
-        client = setup.client(first)
+        client = setup.client(second)
         wait_until(lambda: _forced_failover(client), BROKEN_AFTER, "SENTINEL FAILOVER accepted", 0.5)
         asked = time.monotonic()
-        wait_until(lambda: setup.said_master(first) == master.address, BROKEN_AFTER,
+        wait_until(lambda: setup.said_master(second) == master.address, BROKEN_AFTER,
                    "the Sentinels to promote the first master again", 0.02)
         promoted = time.monotonic()
         ready, delivered = follow(nodes, clients, master, promoted)
@@ -295,6 +305,7 @@ def test_three_sentinels_sigkill_and_failover_back(
         assert "Traceback" not in lines, lines
         assert "announced the failover of master mymaster" in lines, lines
         assert "failover followed" in lines, lines
+        assert f"lost the Sentinel at {first.address}" in lines, lines
 
 
 def _forced_failover(client: Any) -> bool:
@@ -560,4 +571,102 @@ async def test_unreachable_and_unknowing_sentinels(reactor: Any, tmp_path: Path)
             await nobody.master()
         silent.close()
     finally:
+        setup.stop()
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("h", ("h", 26379)), ("h:1", ("h", 1)), ("[::1]", ("::1", 26379)), ("[::1]:7", ("::1", 7)),
+    (" 10.0.0.1:26380 ", ("10.0.0.1", 26380)),
+    ("::1", "write an IPv6 host as [addr]:port"), ("[::1", "an IPv6 host is written"),
+    ("h:x", "is not a number"), ("h:65536", "between 1 and 65535"), (":1", "no usable host"),
+    ("a/b:1", "no usable host"), ("x" * 256, "no usable host"),
+])
+def test_sentinel_addresses(text: str, expected: Any) -> None:
+    from fws.redis_sentinel import parse_host_port
+
+    if isinstance(expected, tuple):
+        assert parse_host_port(text) == expected
+    else:
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            parse_host_port(text)
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (b"mymaster 10.0.0.5 6379 10.0.0.6 6380", (("10.0.0.5", 6379), ("10.0.0.6", 6380))),
+    (b"other 10.0.0.5 6379 10.0.0.6 6380", None),  # another master's
+    (b"mymaster 10.0.0.5 6379 10.0.0.6", None),
+    (b"mymaster 10.0.0.5 6379 10.0.0.6 0", None),
+    (b"mymaster 10.0.0.5 6379 10.0.0.6 99999", None),
+    (b"mymaster 10.0.0.5 6379 \xff 6380", None),
+    (b"mymaster 10.0.0.5 6379 " + b"h" * 2000 + b" 6380", None),  # over the bound
+])
+def test_switch_master_messages_are_checked(data: bytes, expected: Any) -> None:
+    from fws.redis_sentinel import parse_switch
+
+    assert parse_switch(data, NAME) == expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_sentinel_answers_then_one_does(
+    reactor: Any, tmp_path: Path, logged_errors: list[dict[str, Any]]
+) -> None:
+    """
+    A RedisService whose Sentinels refuse or are silent keeps asking (one
+    warning, no error), is ready as soon as one answers, and stops at once
+    even while a question to a silent Sentinel is under way.
+    """
+    import socket
+
+    from twisted.internet.task import deferLater
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from fws.redis_service import RedisAddress, RedisService
+
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace", "").startswith("fws.redis_service"):
+            lines.append(formatEvent(event))
+
+    def make(sentinels: tuple[tuple[str, int], ...], timeout: float) -> RedisService:
+        service = RedisService(reactor, RedisAddress(sentinels=sentinels, master_name=NAME),
+                               channels=[b"global"], on_message=lambda *_: None,
+                               ping_interval=0.3, ping_timeout=0.2, reply_timeout=0.5,
+                               connect_timeout=0.5, sentinel_timeout=timeout)
+        service.startService()
+        return service
+
+    setup = Deployment(tmp_path, sentinels=1, quorum=1)
+    [sentinel] = setup.sentinels
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # the kernel accepts; nothing ever answers
+    hole = silent.getsockname()
+    globalLogPublisher.addObserver(observe)
+    services: list[RedisService] = []
+    try:
+        setup.master.start()
+        services.append(make((("127.0.0.1", sentinel.port), hole), 0.3))  # refused, then silent
+        await deferLater(reactor, 1.5, lambda: None)
+        assert not services[0].ready
+        starts = [line for line in lines if "cannot reach Redis" in line]
+        assert len(starts) == 1 and "no Sentinel said where master 'mymaster' is" in starts[0], lines
+        assert "no answer within 0.3s" in starts[0] and "refused" in starts[0], starts
+        sentinel.start()
+        await wait_for(reactor, lambda: services[0].ready, BROKEN_AFTER, "ready once one answers")
+        assert services[0].master == setup.master.address
+        await wait_for(reactor, lambda: services[0].watching, BROKEN_AFTER, "watching it")
+        # A question to a silent Sentinel with a long timeout: stopping does not wait for it.
+        asking = make((hole,), 20.0)
+        services.append(asking)
+        await deferLater(reactor, 0.3, lambda: None)
+        began = time.monotonic()
+        await asking.stopService()
+        assert time.monotonic() - began < 10, "the stop waited for the Sentinel's timeout"
+    finally:
+        for service in services:
+            if service.running:
+                await service.stopService()
+        globalLogPublisher.removeObserver(observe)
+        silent.close()
         setup.stop()
