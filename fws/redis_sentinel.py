@@ -166,6 +166,10 @@ class UnknownMaster(NoMaster):
     """Every Sentinel that answered does not monitor a master of that name (configuration)."""
 
 
+class SentinelRefused(NoMaster):
+    """Sentinels refused the login or the question (a password, an ACL: configuration)."""
+
+
 class Sentinels:
     """
     The Sentinels of one master: ask them where it is.
@@ -173,14 +177,16 @@ class Sentinels:
     :param addresses: The Sentinels, in the order to ask them.
     :param name: The master's name (``sentinel monitor NAME ...``).
     :param timeout: Seconds each Sentinel has, connecting included.
+    :param login: The Sentinels' own ``AUTH`` arguments (``[user,] password``), if any.
     """
 
     def __init__(self, reactor: Any, addresses: Sequence[HostPort], name: str,
-                 timeout: float) -> None:
+                 timeout: float, login: Sequence[str] = ()) -> None:
         self._reactor = reactor
         self.addresses = list(addresses)
         self.name = name
         self.timeout = timeout
+        self.login = tuple(login)
         self._asking: Deferred[HostPort] | None = None
         self._waiters: list[Deferred[HostPort]] = []
         #: The Sentinel that answered the last question.
@@ -229,7 +235,7 @@ class Sentinels:
 
     async def _ask_all(self) -> HostPort:
         problems: list[str] = []
-        unknown = 0
+        unknown = refused = 0
         for address in list(self.addresses):
             try:
                 master = await self._ask(address)
@@ -238,6 +244,10 @@ class Sentinels:
             except UnknownMaster:
                 unknown += 1
                 problems.append(f"{format_host_port(address)}: does not know master {self.name!r}")
+                continue
+            except SentinelRefused as e:
+                refused += 1
+                problems.append(f"{format_host_port(address)}: {e}")
                 continue
             except Exception as e:
                 problems.append(f"{format_host_port(address)}: {_describe(e)}")
@@ -248,6 +258,8 @@ class Sentinels:
         text = "; ".join(problems)
         if unknown and unknown == len(problems):
             raise UnknownMaster(f"no Sentinel knows a master named {self.name!r} ({text})")
+        if refused and refused + unknown == len(problems):
+            raise SentinelRefused(f"Sentinels refused: {text}")
         raise NoMaster(f"no Sentinel said where master {self.name!r} is ({text})")
 
     async def _ask(self, address: HostPort) -> HostPort:
@@ -266,8 +278,15 @@ class Sentinels:
         proto: QueryProtocol | None = None
         try:
             proto = await current
+            if self.login:
+                current = proto.own_command("AUTH", *self.login)
+                answer = await current
+                if isinstance(answer, txredisapi.ResponseError):
+                    raise SentinelRefused(f"refused: {str(answer)[:200]}")
             current = proto.own_command("SENTINEL", "get-master-addr-by-name", self.name)
             reply = await current
+        except txredisapi.ResponseError as e:  # an error reply, to AUTH or to the question
+            raise SentinelRefused(f"refused: {str(e)[:200]}") from None
         except (CancelledError, ConnectingCancelledError):
             if timed_out:  # our deadline, not a stop
                 raise TimeoutError(f"no answer within {self.timeout}s") from None
@@ -280,7 +299,7 @@ class Sentinels:
         if reply is None:
             raise UnknownMaster(self.name)
         if isinstance(reply, txredisapi.ResponseError):
-            raise ValueError(f"refused: {str(reply)[:200]}")
+            raise SentinelRefused(f"refused: {str(reply)[:200]}")
         if not isinstance(reply, list) or len(reply) != 2:
             raise ValueError("a malformed answer")
         try:
@@ -299,6 +318,7 @@ __all__ = [
     "SENTINEL_PORT",
     "HostPort",
     "NoMaster",
+    "SentinelRefused",
     "Sentinels",
     "UnknownMaster",
     "check_master_name",

@@ -100,6 +100,17 @@ class RedisAddress:
     tls: bool = False
     sentinels: tuple[HostPort, ...] = ()
     master_name: str | None = None
+    #: The Sentinels' own login (``requirepass``, or an ACL user), not the master's.
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+
+    @property
+    def sentinel_login(self) -> tuple[str, ...]:
+        """``AUTH`` arguments for the Sentinels; empty for none."""
+        if self.sentinel_password is None:
+            return ()
+        user = (self.sentinel_username,) if self.sentinel_username else ()
+        return (*user, self.sentinel_password)
 
     def describe(self) -> str:
         """For logs: never includes the password."""
@@ -235,7 +246,7 @@ def _cancel_abort(result: None, abort: IDelayedCall) -> None:
 
 
 #: Failures that are a configuration to fix, not an outage: said at error level.
-_CONFIG_PROBLEMS = ("Redis refused", "no Sentinel knows")
+_CONFIG_PROBLEMS = ("Redis refused", "no Sentinel knows", "Sentinels refused")
 
 
 def _peer(proto: Any) -> str | None:
@@ -381,7 +392,10 @@ class _Link:
         AUTH, SELECT, ROLE (or PING), and the subscriber's SUBSCRIBEs: Redis must
         answer them all, and be the master.
         """
-        if self.kind == "sentinel":  # a Sentinel takes no password of the master's
+        if self.kind == "sentinel":  # a Sentinel has a login of its own, if any
+            login = self.service.address.sentinel_login
+            if login:
+                await self._check_reply(proto.own_command("AUTH", *login))
             await self._check_reply(proto.own_command("PING"))
         else:
             address = self.service.address
@@ -719,7 +733,8 @@ class RedisService(Service):
         locate: Locate
         if address.sentinels:
             self._sentinels = Sentinels(self._reactor, address.sentinels,
-                                        address.master_name or "", self.sentinel_timeout)
+                                        address.master_name or "", self.sentinel_timeout,
+                                        address.sentinel_login)
             locate = self._locate_master
             self._watch_link = _Link(self, "sentinel", SubscriberProtocol, self._locate_sentinel,
                                      prepare=self._watch)

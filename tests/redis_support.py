@@ -53,10 +53,12 @@ class RedisProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
             try:
-                if self.command("PING") == b"+PONG":
+                # (NOAUTH: up, with a password)
+                if self.command("PING") in (b"+PONG", b"-NOAUTH Authentication required."):
                     return self
             except OSError:
                 time.sleep(0.02)
+        self.kill()  # never left running by a start that failed
         raise RuntimeError("redis-server did not start")
 
     def kill(self) -> None:
@@ -112,11 +114,12 @@ class SentinelProcess(RedisProcess):
 
     :param template: A sentinel.conf to start from (the documented one): its
         port, master address, quorum and timeouts are replaced by the test's.
+    :param extra: More lines for the configuration (``requirepass ...``).
     """
 
     def __init__(self, directory: Path, master: RedisProcess, name: str = "mymaster",
                  quorum: int = 1, down_after_ms: int = 500, failover_timeout_ms: int = 3000,
-                 template: Path | None = None) -> None:
+                 template: Path | None = None, extra: tuple[str, ...] = ()) -> None:
         super().__init__(directory)
         self.conf = directory / f"sentinel-{self.port}.conf"
         settings = [f"sentinel monitor {name} {master.host} {master.port} {quorum}",
@@ -133,6 +136,7 @@ class SentinelProcess(RedisProcess):
                 key = " ".join(words[:2])
                 assert words[0] != "sentinel" or key in replaced or words[2] == name, line
                 settings.append(replaced.get(key, line))
+        settings.extend(extra)
         self.conf.write_text(
             f"port {self.port}\nbind 127.0.0.1\nprotected-mode no\ndir {directory}\n"
             f"logfile {directory / f'sentinel-{self.port}.log'}\n" + "\n".join(settings) + "\n"

@@ -500,13 +500,18 @@ def test_sentinel_options_from_the_command_line_the_environment_and_a_file(tmp_p
     assert cli.address.sentinels == (("s1", 26380), ("s2", 26379))
     assert (cli.address.master_name, cli.address.db, cli.address.password) == ("cache", 2, "pw")
     assert cli.sentinel_timeout == 0.2
-    env = address([], {"FWS_REDIS_SENTINEL": "[::1]:5000,h", "FWS_REDIS_SENTINEL_MASTER": "m"})
+    env = address([], {"FWS_REDIS_SENTINEL": "[::1]:5000,h", "FWS_REDIS_SENTINEL_MASTER": "m",
+                       "FWS_REDIS_SENTINEL_PASSWORD": "sp"})
     assert env.address.sentinels == (("::1", 5000), ("h", 26379))
+    assert env.address.sentinel_login == ("sp",) and env.address.password is None
     config_file = tmp_path / "fws.json"
     config_file.write_text('{"redis_url": "redis+sentinel://u:p%40ss@a:1,b:2/main?db=3"}')
-    url = address(["-c", str(config_file)])
+    url = address(["-c", str(config_file), "--redis_sentinel_username", "su",
+                   "--redis_sentinel_password", "sp"])
     assert url.address == url.address.__class__(db=3, username="u", password="p@ss",
-                                                 sentinels=(("a", 1), ("b", 2)), master_name="main")
+                                                 sentinels=(("a", 1), ("b", 2)), master_name="main",
+                                                 sentinel_username="su", sentinel_password="sp")
+    assert url.address.sentinel_login == ("su", "sp")
     assert url.address.describe() == "redis+sentinel://u@a:1,b:2/main?db=3"
 
 
@@ -670,3 +675,49 @@ async def test_no_sentinel_answers_then_one_does(
         globalLogPublisher.removeObserver(observe)
         silent.close()
         setup.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sentinels_with_a_password_of_their_own(
+    reactor: Any, tmp_path: Path, logged_errors: list[dict[str, Any]]
+) -> None:
+    """
+    Sentinels with ``requirepass``: with ``--redis_sentinel_password`` fws asks
+    and watches; without it, one error line says the Sentinels refused, and fws
+    goes on asking (a configuration to fix, not an outage to wait out).
+    """
+    from twisted.internet.task import deferLater
+
+    from fws.redis_service import RedisAddress, RedisService
+
+    master = RedisProcess(tmp_path)
+    sentinel = SentinelProcess(tmp_path, master, NAME, template=SENTINEL_CONF,
+                               extra=("requirepass s3cret",))
+    services: list[RedisService] = []
+    try:
+        master.start()
+        sentinel.start()
+        for password in ("s3cret", None):
+            service = RedisService(
+                reactor, RedisAddress(sentinels=(("127.0.0.1", sentinel.port),), master_name=NAME,
+                                      sentinel_password=password),
+                channels=[b"global"], on_message=lambda *_: None, ping_interval=0.3,
+                ping_timeout=0.2, reply_timeout=0.5, connect_timeout=0.5, sentinel_timeout=0.3)
+            services.append(service)
+            service.startService()
+        right, wrong = services
+        await wait_for(reactor, lambda: right.ready and right.watching, BROKEN_AFTER, "ready")
+        assert right.master == master.address
+        await deferLater(reactor, 1.0, lambda: None)
+        assert not wrong.ready
+        [error] = logged_errors
+        from twisted.logger import formatEvent
+
+        text = formatEvent(error)
+        assert "Sentinels refused" in text and "NOAUTH" in text, text
+        logged_errors.clear()
+    finally:
+        for service in services:
+            await service.stopService()
+        sentinel.kill()
+        master.kill()

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any, NoReturn
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -87,6 +88,11 @@ OPTIONS: tuple[Option, ...] = (
                   "list", (), "HOST:PORT"),
     _redis_option("redis_sentinel_master", "name of the master the Sentinels monitor "
                   "(sentinel monitor NAME ...)", "str", None, "NAME"),
+    _redis_option("redis_sentinel_username", "ACL user name fws logs in to the Sentinels with",
+                  "str", None, "USER"),
+    _redis_option("redis_sentinel_password", "password of the Sentinels themselves (their "
+                  "requirepass; better: $FWS_REDIS_SENTINEL_PASSWORD); the master's is "
+                  "--redis_password", "str", None, "PASSWORD"),
     _redis_option("redis_sentinel_timeout", "seconds each Sentinel has to say where the master "
                   "is, connecting included (an unreachable one is skipped)", "float", 0.5,
                   "SECONDS"),
@@ -341,11 +347,15 @@ def make_storage_object(config: Any, reactor: Any) -> RedisStorage:
     if url and (sentinels or master_name):
         raise ConfigError("redis_url and redis_sentinel/redis_sentinel_master both say where "
                           "Redis is: give one (a redis+sentinel:// URL names the Sentinels too)")
+    sentinel_login = {"sentinel_username": options.get("redis_sentinel_username"),
+                      "sentinel_password": options.get("redis_sentinel_password")}
     if url:
         try:
             address = parse_redis_url(url)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if address.sentinels:
+            address = replace(address, **sentinel_login)
     elif sentinels or master_name:
         if not sentinels or not master_name:
             raise ConfigError("redis_sentinel and redis_sentinel_master go together: the "
@@ -354,7 +364,7 @@ def make_storage_object(config: Any, reactor: Any) -> RedisStorage:
             address = RedisAddress(
                 db=options.get("redis_db") or 0, username=options.get("redis_username"),
                 password=options.get("redis_password"), sentinels=parse_sentinels(sentinels),
-                master_name=check_master_name(master_name),
+                master_name=check_master_name(master_name), **sentinel_login,
             )
         except ValueError as e:
             raise ConfigError(f"redis_sentinel: {e}") from None
