@@ -32,6 +32,13 @@ pairing replies) and owns each connection's lifecycle itself (:class:`_Link`):
 * PUBLISH, the command on every relayed broadcast, is written straight to the
   command connection (:meth:`RedisService.publish`): no per-command reply timer,
   one watchdog per connection instead.
+* every attempt first asks where the master is: the Sentinels
+  (:mod:`fws.redis_sentinel`), or a host name resolved again on every connect
+  (a managed Redis whose name moves on failover); ``ROLE`` then confirms that
+  it is the master, and the command connection's keepalive is a ``ROLE`` too;
+* a master that is no longer one (a ``READONLY`` reply, ``ROLE`` saying
+  replica, a Sentinel's ``+switch-master``) closes both connections, which
+  reconnect to the new master as after any outage (:meth:`RedisService.master_lost`).
 
 The protocols themselves, txredisapi's subclassed and the only code that knows
 its internals, are :mod:`fws._wire.redis`'s; this module names none of them.
@@ -56,7 +63,14 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from fws._wire.redis import COMMAND_METHODS, CommandProtocol, LinkFactory, LinkProtocol, SubscriberProtocol
+from fws._wire.redis import (
+    COMMAND_METHODS,
+    CommandProtocol,
+    LinkFactory,
+    LinkProtocol,
+    SubscriberProtocol,
+    WatchProtocol,
+)
 from fws.redis_sentinel import (
     HostPort,
     Sentinels,
@@ -472,11 +486,8 @@ class _Link:
         self._maybe_stopped()
 
     def deliver(self, channel: bytes, data: bytes, pattern: bytes | None) -> None:
-        """Called by the subscriber protocol with every message."""
-        if self.kind == "sentinel":
-            self.service._sentinel_event(self, channel, data)
-        else:
-            self.service.deliver(channel, data, pattern)
+        """Called by the watcher's protocol with every message (the Sentinel's)."""
+        self.service._sentinel_event(self, channel, data)
 
     def readonly(self, proto: Any, error: str) -> None:
         """Called by the command protocol: Redis said READONLY, it is a replica now."""
@@ -736,7 +747,7 @@ class RedisService(Service):
                                         address.master_name or "", self.sentinel_timeout,
                                         address.sentinel_login)
             locate = self._locate_master
-            self._watch_link = _Link(self, "sentinel", SubscriberProtocol, self._locate_sentinel,
+            self._watch_link = _Link(self, "sentinel", WatchProtocol, self._locate_sentinel,
                                      prepare=self._watch)
         else:
             # HostnameEndpoint resolves the name again on every connect: a managed

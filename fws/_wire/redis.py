@@ -71,7 +71,7 @@ class Link(Protocol):
         """``proto``'s connection is gone, usable or not."""
 
     def deliver(self, channel: bytes, data: bytes, pattern: bytes | None) -> None:
-        """A pub/sub message arrived on ``proto``'s subscriber connection."""
+        """A pub/sub message for the link itself arrived (on a :class:`WatchProtocol`)."""
 
     def readonly(self, proto: Any, error: str) -> None:
         """Redis answered ``READONLY`` on ``proto``: it is a replica now, not the master."""
@@ -244,6 +244,13 @@ class SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]  
         self.link.connection_lost(self, why)
 
     def messageReceived(self, pattern: bytes | None, channel: bytes, message: bytes) -> None:
+        self.link.service.deliver(channel, message, pattern)
+
+
+class WatchProtocol(SubscriberProtocol):
+    """A subscriber whose messages are for its link itself (a Sentinel's ``+switch-master``)."""
+
+    def messageReceived(self, pattern: bytes | None, channel: bytes, message: bytes) -> None:
         self.link.deliver(channel, message, pattern)
 
 
@@ -292,4 +299,4 @@ class QueryFactory(Factory[QueryProtocol]):
 
 
 __all__ = ["COMMAND_METHODS", "CommandProtocol", "Link", "LinkFactory", "LinkProtocol", "LinkService",
-           "QueryFactory", "QueryProtocol", "SubscriberProtocol"]
+           "QueryFactory", "QueryProtocol", "SubscriberProtocol", "WatchProtocol"]
