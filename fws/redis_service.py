@@ -827,8 +827,9 @@ class RedisService(Service):
             return
         where = link.where or self.address.describe()
         if role == b"slave" and len(reply) >= 3:
-            of = f"{bytes(reply[1])[:255].decode('ascii', 'replace')}:{reply[2]}"
-            raise NotMaster(f"{where} is a replica of {of}, not the master")
+            host = reply[1][:255].decode("ascii", "replace") if isinstance(reply[1], bytes) else "?"
+            port = reply[2] if isinstance(reply[2], int) else "?"
+            raise NotMaster(f"{where} is a replica of {host}:{port}, not the master")
         if role == b"sentinel":
             raise NotMaster(f"Redis refused: {where} is a Sentinel, not a Redis server (give "
                             "Sentinels with --redis_sentinel)")
