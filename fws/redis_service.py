@@ -50,7 +50,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -110,13 +110,13 @@ class RedisAddress:
     path: str | None = None
     db: int = 0
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # (never in a log)
     tls: bool = False
     sentinels: tuple[HostPort, ...] = ()
     master_name: str | None = None
     #: The Sentinels' own login (``requirepass``, or an ACL user), not the master's.
     sentinel_username: str | None = None
-    sentinel_password: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
 
     @property
     def sentinel_login(self) -> tuple[str, ...]:
