@@ -191,7 +191,7 @@ def parse_redis_url(url: str) -> RedisAddress:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as e:
-        raise ValueError(f"invalid Redis URL {url!r}: {e}") from None
+        raise ValueError(f"invalid Redis URL {_redacted(url)!r}: {e}") from None
     scheme = parts.scheme.lower()
     username = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password is not None else None
@@ -201,17 +201,18 @@ def parse_redis_url(url: str) -> RedisAddress:
         path_db = parts.path.lstrip("/")
         db_text = path_db or db_text
         if not parts.hostname:
-            raise ValueError(f"invalid Redis URL {url!r}: no host")
+            raise ValueError(f"invalid Redis URL {_redacted(url)!r}: no host")
     elif scheme == "unix":
         if not parts.path:
-            raise ValueError(f"invalid Redis URL {url!r}: no socket path")
+            raise ValueError(f"invalid Redis URL {_redacted(url)!r}: no socket path")
     else:
-        raise ValueError(f"invalid Redis URL {url!r}: the scheme must be redis, rediss, unix or "
+        raise ValueError(f"invalid Redis URL {_redacted(url)!r}: the scheme must be redis, rediss, unix or "
                          "redis+sentinel")
     try:
         db = int(db_text) if db_text else 0
     except ValueError:
-        raise ValueError(f"invalid Redis URL {url!r}: database {db_text!r} is not a number") from None
+        raise ValueError(f"invalid Redis URL {_redacted(url)!r}: database {db_text!r} is not a "
+                         "number") from None
     if scheme == "unix":
         return RedisAddress(path=parts.path, db=db, username=username, password=password)
     return RedisAddress(host=parts.hostname or "localhost", port=port or 6379, db=db,

@@ -528,6 +528,8 @@ def test_sentinel_options_from_the_command_line_the_environment_and_a_file(tmp_p
      "redis_sentinel_timeout must be at most 30.0 seconds"),
     (["--redis_url", "redis+sentinel://u:secret@/m"], "no Sentinel address given"),
     (["--redis_url", "redis+sentinel://a,b/"], "invalid Sentinel master name ''"),
+    (["--redis_url", "redis://u:secret@h:x/0"], "invalid Redis URL 'redis://u:***@h:x/0'"),
+    (["--redis_url", "redis://u:secret@h/zero"], "database 'zero' is not a number"),
 ])
 def test_bad_sentinel_options_are_one_clear_line(argv: list[str], message: str) -> None:
     from fws.config import resolve
