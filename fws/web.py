@@ -112,8 +112,11 @@ class ReadyResource(Resource):
 
     def render_GET(self, request: Any) -> bytes:
         ready, checks = self.service.readiness()
-        return _json(request, 200 if ready else 503,
-                     {"status": "ready" if ready else "not ready", "checks": checks})
+        body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
+        details = self.service.storage.details()
+        if details:
+            body["storage"] = dict(details)
+        return _json(request, 200 if ready else 503, body)
 
 
 class MetricsResource(Resource):

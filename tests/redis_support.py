@@ -19,31 +19,46 @@ def free_port() -> int:
 
 
 class RedisProcess:
-    """redis-server with nothing on disk; ``kill()`` and ``start()`` keep the same port."""
+    """
+    redis-server with nothing on disk; ``kill()`` and ``start()`` keep the same port.
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    :param host: The loopback address to listen on (any of 127.0.0.0/8: two
+        servers on one port and two addresses stand for a Redis that moved).
+    :param replicaof: Start as a replica of the Redis on this port.
+    """
+
+    def __init__(self, directory: Path, port: int | None = None, host: str = "127.0.0.1",
+                 replicaof: RedisProcess | None = None) -> None:
         self.exe = program("redis-server", "redis-server")
         self.directory = directory
+        self.host = host
         self.port = port or free_port()
         assert self.port != 6379
+        self.replicaof = replicaof
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def arguments(self) -> list[str]:
+        args = [self.exe, "--port", str(self.port), "--bind", self.host, "--save", "",
+                "--appendonly", "no", "--dir", str(self.directory), "--protected-mode", "no",
+                "--logfile", str(self.directory / f"redis-{self.host}-{self.port}.log")]
+        if self.replicaof is not None:
+            args += ["--replicaof", self.replicaof.host, str(self.replicaof.port)]
+        return args
+
     def start(self, timeout: float = 10.0) -> RedisProcess:
-        self.proc = subprocess.Popen(
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory), "--protected-mode", "no",
-             "--logfile", str(self.directory / f"redis-{self.port}.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        self.proc = subprocess.Popen(self.arguments(), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
             try:
-                if self.command("PING") == b"+PONG":
+                # (NOAUTH: up, with a password)
+                if self.command("PING") in (b"+PONG", b"-NOAUTH Authentication required."):
                     return self
             except OSError:
                 time.sleep(0.02)
+        self.kill()  # never left running by a start that failed
         raise RuntimeError("redis-server did not start")
 
     def kill(self) -> None:
@@ -68,7 +83,7 @@ class RedisProcess:
         """Send one command with a raw socket and return the first reply line (for checks)."""
         parts = [a.encode() if isinstance(a, str) else a for a in args]
         wire = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+        with socket.create_connection((self.host, self.port), timeout=2) as s:
             s.sendall(wire)
             data = b""
             while not data.endswith(b"\r\n"):
@@ -84,7 +99,51 @@ class RedisProcess:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class SentinelProcess(RedisProcess):
+    """
+    ``redis-server sentinel.conf --sentinel`` monitoring ``master`` as ``name``,
+    its configuration written in ``directory`` (Sentinel rewrites it as it learns);
+    quick to decide: ``down-after-milliseconds`` 500 and a short failover timeout.
+
+    :param template: A sentinel.conf to start from (the documented one): its
+        port, master address, quorum and timeouts are replaced by the test's.
+    :param extra: More lines for the configuration (``requirepass ...``).
+    """
+
+    def __init__(self, directory: Path, master: RedisProcess, name: str = "mymaster",
+                 quorum: int = 1, down_after_ms: int = 500, failover_timeout_ms: int = 3000,
+                 template: Path | None = None, extra: tuple[str, ...] = ()) -> None:
+        super().__init__(directory)
+        self.conf = directory / f"sentinel-{self.port}.conf"
+        settings = [f"sentinel monitor {name} {master.host} {master.port} {quorum}",
+                    f"sentinel down-after-milliseconds {name} {down_after_ms}",
+                    f"sentinel failover-timeout {name} {failover_timeout_ms}",
+                    f"sentinel parallel-syncs {name} 1"]
+        if template is not None:
+            replaced = {" ".join(line.split()[:2]): line for line in settings}
+            settings = []
+            for line in template.read_text().splitlines():
+                words = line.split()
+                if not words or words[0].startswith("#") or words[0] == "port":
+                    continue
+                key = " ".join(words[:2])
+                assert words[0] != "sentinel" or key in replaced or words[2] == name, line
+                settings.append(replaced.get(key, line))
+        settings.extend(extra)
+        self.conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\nprotected-mode no\ndir {directory}\n"
+            f"logfile {directory / f'sentinel-{self.port}.log'}\n" + "\n".join(settings) + "\n"
+        )
+
+    def arguments(self) -> list[str]:
+        return [self.exe, str(self.conf), "--sentinel"]
 
 
 class FaultyProxy:

@@ -151,7 +151,8 @@ BEFORE_FORK = {
                           "filter module 'no_such_filter_mod' not found"),
     "filter module raises": (["-f", "raises"], "RuntimeError: kaput"),
     "bad redis url": (["--storage", "fws.storage_objects.redis", "--redis_url", "ftp://x"],
-                      "invalid Redis URL 'ftp://x': the scheme must be redis, rediss or unix"),
+                      "invalid Redis URL 'ftp://x': the scheme must be redis, rediss, unix or "
+                      "redis+sentinel"),
     "missing key file": (["-p", "{port}", "-key", "missing.pem", "-cert", "missing.pem"],
                          "TLS key file missing.pem does not exist"),
     "bad certificate": (["-p", "{port}", "-key", "notpem.txt", "-cert", "notpem.txt"],

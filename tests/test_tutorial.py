@@ -114,7 +114,8 @@ def test_tutorial(tmp_path: Path, redis: RedisProcess, processes: list[FwsProces
             for node in nodes:
                 node.wait_for_line("Redis ready at")
             body = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10).read()
-            assert body == b'{"checks": {"listening": "ok", "storage": "ok"}, "status": "ready"}\n'
+            assert body == swap('{"checks": {"listening": "ok", "storage": "ok"}, "status": "ready", '
+                                '"storage": {"redis_master": "127.0.0.1:6380"}}\n').encode()
             # Same room, different nodes: the messages cross.
             with ExitStack() as stack:
                 a = stack.enter_context(ws_connect(f"ws://127.0.0.1:{ports['9001']}/"))

@@ -70,6 +70,12 @@ class Link(Protocol):
     def connection_lost(self, proto: Any, why: Failure) -> None:
         """``proto``'s connection is gone, usable or not."""
 
+    def deliver(self, channel: bytes, data: bytes, pattern: bytes | None) -> None:
+        """A pub/sub message for the link itself arrived (on a :class:`WatchProtocol`)."""
+
+    def readonly(self, proto: Any, error: str) -> None:
+        """Redis answered ``READONLY`` on ``proto``: it is a replica now, not the master."""
+
 
 #: txredisapi's Redis command methods (``get``, ``publish``, ``multi`` ...):
 #: what its protocol class defines, less its protocol machinery (the line
@@ -158,6 +164,10 @@ class CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]  # txredi
 
     def replyReceived(self, reply: Any) -> None:
         self._answers += 1
+        if isinstance(reply, txredisapi.ResponseError) and str(reply).startswith("READONLY"):
+            # A master demoted to a replica (a failover) keeps its connections: the
+            # link reconnects to the master, the command fails as it is.
+            self.link.readonly(self, str(reply)[:200])
         order = self._order
         if order:
             waiting = order.popleft()
@@ -237,6 +247,13 @@ class SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]  
         self.link.service.deliver(channel, message, pattern)
 
 
+class WatchProtocol(SubscriberProtocol):
+    """A subscriber whose messages are for its link itself (a Sentinel's ``+switch-master``)."""
+
+    def messageReceived(self, pattern: bytes | None, channel: bytes, message: bytes) -> None:
+        self.link.deliver(channel, message, pattern)
+
+
 #: Either protocol a link runs.
 LinkProtocol = CommandProtocol | SubscriberProtocol
 
@@ -260,5 +277,26 @@ class LinkFactory(Factory[LinkProtocol]):
         return proto
 
 
+class QueryProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]  # txredisapi is untyped
+    """A connection for a few commands and no more (a question to a Sentinel)."""
+
+    def own_command(self, *args: Any) -> Deferred[Any]:
+        """Send one command; fires with its reply (an error reply as a ``ResponseError``)."""
+        result: Deferred[Any] = self.execute_command(*args, apply_timeout=False)
+        return result
+
+
+class QueryFactory(Factory[QueryProtocol]):
+    """Builds :class:`QueryProtocol`: bytes in, bytes out, no login, no reply timer."""
+
+    noisy = False
+
+    def buildProtocol(self, addr: Any) -> QueryProtocol:
+        proto = QueryProtocol(charset=None, replyTimeout=None, password=None, dbid=None,
+                              convertNumbers=False)
+        proto.factory = self
+        return proto
+
+
 __all__ = ["COMMAND_METHODS", "CommandProtocol", "Link", "LinkFactory", "LinkProtocol", "LinkService",
-           "SubscriberProtocol"]
+           "QueryFactory", "QueryProtocol", "SubscriberProtocol", "WatchProtocol"]

@@ -99,6 +99,10 @@ class StorageObject(Protocol):
     def collect_metrics(self) -> Iterable[Any]:
         """Prometheus metric families about the storage itself (``/metrics``)."""
 
+    def details(self) -> Mapping[str, str]:
+        """What ``/readyz`` says about the storage besides its health (e.g. which Redis
+        master it is on); empty for none."""
+
     # It is a Twisted IService too: it joins the tree, and connects when started.
 
     def setServiceParent(self, parent: Any) -> Any:
@@ -140,6 +144,9 @@ class StorageBase:
 
     def collect_metrics(self) -> Iterable[Any]:
         return ()
+
+    def details(self) -> Mapping[str, str]:
+        return {}
 
 
 class Members(set[bytes]):
@@ -209,7 +216,8 @@ def subscript_problem(module: ModuleType, storage: str | None) -> str | None:
 
 #: What every storage object must have itself (the filter-facing methods and attach).
 REQUIRED = ("attach", "get", "add", "remove", "publish")
-_DEFAULTS = ("shared", "health", "relay", "member_joined", "member_left", "collect_metrics")
+_DEFAULTS = ("shared", "health", "relay", "member_joined", "member_left", "collect_metrics",
+             "details")
 
 
 def complete(storage: Any, name: str) -> StorageObject:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any, NoReturn
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -46,6 +47,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from fws.config import ConfigError, Option
+from fws.redis_sentinel import MAX_SENTINELS, SENTINEL_PORT, check_master_name, parse_sentinels
 from fws.redis_service import (
     RedisAddress,
     RedisConnectionError,
@@ -76,9 +78,24 @@ OPTIONS: tuple[Option, ...] = (
     _redis_option("redis_username", "Redis ACL user name", "str", None, "USER"),
     _redis_option("redis_password", "Redis password (better: $FWS_REDIS_PASSWORD, or in the "
                   "URL)", "str", None, "PASSWORD"),
-    _redis_option("redis_url", "redis://[user:password@]host:port/db, rediss://... (TLS) or "
-                  "unix:///path/redis.sock?db=N; overrides host, port, db and credentials",
+    _redis_option("redis_url", "redis://[user:password@]host:port/db, rediss://... (TLS), "
+                  "unix:///path/redis.sock?db=N or redis+sentinel://[user:password@]host:port"
+                  "[,host:port...]/MASTER?db=N; overrides host, port, db and credentials",
                   "str", None, "URL"),
+    _redis_option("redis_sentinel", "Sentinels to ask where the master is (HOST[:PORT], port "
+                  f"{SENTINEL_PORT} by default; several, or comma separated; at most "
+                  f"{MAX_SENTINELS}): fws follows failovers; needs --redis_sentinel_master",
+                  "list", (), "HOST:PORT"),
+    _redis_option("redis_sentinel_master", "name of the master the Sentinels monitor "
+                  "(sentinel monitor NAME ...)", "str", None, "NAME"),
+    _redis_option("redis_sentinel_username", "ACL user name fws logs in to the Sentinels with",
+                  "str", None, "USER"),
+    _redis_option("redis_sentinel_password", "password of the Sentinels themselves (their "
+                  "requirepass; better: $FWS_REDIS_SENTINEL_PASSWORD); the master's is "
+                  "--redis_password", "str", None, "PASSWORD"),
+    _redis_option("redis_sentinel_timeout", "seconds each Sentinel has to say where the master "
+                  "is, connecting included (an unreachable one is skipped)", "float", 0.5,
+                  "SECONDS"),
     _redis_option("redis_node_ttl", "seconds after which the token-group members of a node "
                   "that died are removed", "float", 15.0, "SECONDS"),
     _redis_option("redis_timeout", "seconds Redis may answer nothing while replies are owed "
@@ -180,6 +197,24 @@ class RedisStorage(StorageBase, MultiService):
         yield CounterMetricFamily("fws_redis_commands_failed_fast",
                                   "Storage commands failed at once because Redis was down.",
                                   value=redis.failed_fast)
+        yield CounterMetricFamily("fws_redis_failovers",
+                                  "Times the command connection came back on another Redis "
+                                  "master than before (a failover followed).",
+                                  value=redis.failovers)
+        if redis.address.sentinels:
+            yield GaugeMetricFamily("fws_redis_sentinel_watched",
+                                    "1 while a Sentinel's +switch-master is watched.",
+                                    value=1 if redis.watching else 0)
+
+    def details(self) -> dict[str, str]:
+        """Which Redis master this node is on (``/readyz``)."""
+        redis = self.redis
+        out = {"redis_master": (redis.master if redis.commands_connected and redis.master
+                                else "none")}
+        if redis.address.sentinels:
+            out["redis_sentinel_master"] = redis.address.master_name or ""
+            out["redis_sentinel_watched"] = "yes" if redis.watching else "no"
+        return out
 
     # --- the storage object API ----------------------------------------------------------
 
@@ -307,11 +342,32 @@ def make_storage_object(config: Any, reactor: Any) -> RedisStorage:
     """Storage-module entry point: build (not start) the Redis storage object."""
     options = config.storage_options
     url = options.get("redis_url")
+    sentinels = tuple(options.get("redis_sentinel") or ())
+    master_name = options.get("redis_sentinel_master")
+    if url and (sentinels or master_name):
+        raise ConfigError("redis_url and redis_sentinel/redis_sentinel_master both say where "
+                          "Redis is: give one (a redis+sentinel:// URL names the Sentinels too)")
+    sentinel_login = {"sentinel_username": options.get("redis_sentinel_username"),
+                      "sentinel_password": options.get("redis_sentinel_password")}
     if url:
         try:
             address = parse_redis_url(url)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if address.sentinels:
+            address = replace(address, **sentinel_login)
+    elif sentinels or master_name:
+        if not sentinels or not master_name:
+            raise ConfigError("redis_sentinel and redis_sentinel_master go together: the "
+                              "Sentinels, and the name of the master they monitor")
+        try:
+            address = RedisAddress(
+                db=options.get("redis_db") or 0, username=options.get("redis_username"),
+                password=options.get("redis_password"), sentinels=parse_sentinels(sentinels),
+                master_name=check_master_name(master_name), **sentinel_login,
+            )
+        except ValueError as e:
+            raise ConfigError(f"redis_sentinel: {e}") from None
     else:
         port = options.get("redis_port") or 6379
         if not 0 < port < 65536:
@@ -330,18 +386,23 @@ def make_storage_object(config: Any, reactor: Any) -> RedisStorage:
     if ttl < 1:
         raise ConfigError("redis_node_ttl must be at least 1 second")
     timeouts = {}
-    for name, default, least in (("redis_timeout", 5.0, 0.1), ("redis_connect_timeout", 3.0, 0.1),
-                                 ("redis_ping_interval", 5.0, 0.1)):
+    for name, default, least, most in (
+        ("redis_timeout", 5.0, 0.1, None), ("redis_connect_timeout", 3.0, 0.1, None),
+        ("redis_ping_interval", 5.0, 0.1, None), ("redis_sentinel_timeout", 0.5, 0.05, 30.0),
+    ):
         value = options.get(name)
         value = default if value is None else float(value)
         if not value >= least:
             raise ConfigError(f"{name} must be at least {least} seconds, not {value}")
+        if most is not None and value > most:
+            raise ConfigError(f"{name} must be at most {most} seconds, not {value}")
         timeouts[name] = value
     ping = timeouts["redis_ping_interval"]
     return RedisStorage(reactor, address, channels, key, ttl,
                         reply_timeout=timeouts["redis_timeout"],
                         connect_timeout=timeouts["redis_connect_timeout"],
-                        ping_interval=ping, ping_timeout=min(2.0, ping / 3))
+                        ping_interval=ping, ping_timeout=min(2.0, ping / 3),
+                        sentinel_timeout=timeouts["redis_sentinel_timeout"])
 
 
 __all__ = ["OPTIONS", "RedisStorage", "RedisUnavailable", "make_storage_object"]
