@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from types import MethodType
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -31,17 +32,28 @@ from twisted.logger import Logger
 
 _log = Logger()
 
+#: BucketCall._self of a call that is not of a bound method.
+_NO_SELF = object()
+
 
 class BucketCall:
     """One scheduled call; the only thing Autobahn does with it is :meth:`cancel`."""
 
-    __slots__ = ("_timer", "_key", "_func", "_args", "_kwargs")
+    __slots__ = ("_timer", "_key", "_func", "_self", "_args", "_kwargs")
 
     def __init__(self, timer: BucketTimer, key: int, func: Callable[..., Any],
                  args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:
         self._timer: BucketTimer | None = timer
         self._key = key
-        self._func = func
+        #: A bound method is kept as its function and its object: Autobahn
+        #: schedules ``self._sendAutoPing`` for every connection, and the bound
+        #: method object would be 64 bytes of every idle connection.
+        if type(func) is MethodType:
+            self._func: Callable[..., Any] = func.__func__
+            self._self: object = func.__self__
+        else:
+            self._func = func
+            self._self = _NO_SELF
         self._args = args
         #: None rather than an empty dict (64 bytes per connection's auto-ping).
         self._kwargs = kwargs
@@ -120,7 +132,10 @@ class BucketTimer:
             call._timer = None
             try:
                 kwargs = call._kwargs
-                if kwargs is None:
+                bound = call._self
+                if bound is not _NO_SELF:
+                    call._func(bound, *call._args, **(kwargs or {}))
+                elif kwargs is None:
                     call._func(*call._args)
                 else:
                     call._func(*call._args, **kwargs)
