@@ -99,6 +99,13 @@ class StorageObject(Protocol):
     def collect_metrics(self) -> Iterable[Any]:
         """Prometheus metric families about the storage itself (``/metrics``)."""
 
+    def history(self, server: Any, reactor: Any, limits: Any) -> Any:
+        """
+        With ``--history``: the :class:`fws.history.HistoryStore` this storage
+        keeps group messages in for ``server``, or ``None`` for the node's
+        own memory (:class:`fws.history.MemoryHistory`).
+        """
+
     # It is a Twisted IService too: it joins the tree, and connects when started.
 
     def setServiceParent(self, parent: Any) -> Any:
@@ -140,6 +147,9 @@ class StorageBase:
 
     def collect_metrics(self) -> Iterable[Any]:
         return ()
+
+    def history(self, server: Any, reactor: Any, limits: Any) -> Any:
+        return None
 
 
 class Members(set[bytes]):
@@ -209,7 +219,8 @@ def subscript_problem(module: ModuleType, storage: str | None) -> str | None:
 
 #: What every storage object must have itself (the filter-facing methods and attach).
 REQUIRED = ("attach", "get", "add", "remove", "publish")
-_DEFAULTS = ("shared", "health", "relay", "member_joined", "member_left", "collect_metrics")
+_DEFAULTS = ("shared", "health", "relay", "member_joined", "member_left", "collect_metrics",
+             "history")
 
 
 def complete(storage: Any, name: str) -> StorageObject:
