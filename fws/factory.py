@@ -429,6 +429,11 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
                 self.join_group(conn, group)
             replayer.start(replay)
 
+    def history_fenced(self, fence: str) -> None:
+        """A replay's fence came back from the history store (Redis): see :class:`fws.history.Replayer`."""
+        if self._replayer is not None:
+            self._replayer.fenced(fence)
+
     def replay_done(self, replay: Replay) -> None:
         """``replay`` has ended: its connection gets the group's live messages again."""
         replaying = self._replaying.get(replay.group)

@@ -159,6 +159,9 @@ class HistoryServer(Protocol):
     def replay_done(self, replay: Replay) -> None:
         """``replay`` is over: its connection takes the group's live messages again."""
 
+    def history_fenced(self, fence: str) -> None:
+        """A replay's read fence came back from the store (:meth:`HistoryStore.read`)."""
+
 
 class HistoryStore(Protocol):
     """Keeps each group's messages and assigns their offsets."""

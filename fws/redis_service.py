@@ -478,6 +478,15 @@ class RedisService(Service):
             return fail(e)
         return result
 
+    def run_script(self, script: str, keys: Sequence[str | bytes],
+                   args: Sequence[str | bytes | int]) -> Deferred[Any]:
+        """
+        Run a Lua script on the command connection (EVALSHA, and EVAL the first
+        time on each connection, or when Redis has forgotten it): what makes
+        several commands one atomic step. Fails as :meth:`execute` does.
+        """
+        return self.execute("eval", script, list(keys), list(args))
+
     def publish(self, channel: str | bytes, data: str | bytes) -> Deferred[int]:
         """
         PUBLISH on the command connection without txredisapi's per-command work.
