@@ -65,6 +65,8 @@ REPLAY_BUDGET = 500
 PAGE = 200
 #: Live messages a replay holds for its connection before it gives up (recovered:false).
 MAX_HELD = 10_000
+#: Seconds a replay to a client that does not read waits before it looks again.
+BLOCKED_WAIT = 0.05
 
 
 def new_epoch() -> str:
@@ -320,6 +322,11 @@ class _Conn(Protocol):
     state: int
     STATE_OPEN: int
 
+    @property
+    def send_full(self) -> bool: ...
+    @property
+    def send_blocked(self) -> bool: ...
+
     def sendMessage(self, payload: str | bytes | bytearray | memoryview,
                     isBinary: bool | None = None) -> None: ...
 
@@ -420,8 +427,13 @@ class Replayer:
         if conn.state != conn.STATE_OPEN:
             self.cancel(replay)
             return 0
-        sent = 0
         entries = replay.entries
+        if entries and conn.send_blocked:
+            # The client is not reading: its replay waits for it rather than filling
+            # its send buffer (the rest of the node's replays go on meanwhile).
+            self.reactor.callLater(BLOCKED_WAIT, self._wake, replay)
+            return 1
+        sent = 0
         while entries and sent < most:
             offset, is_binary, data = entries.popleft()
             conn.sendMessage(data, is_binary)
@@ -429,6 +441,8 @@ class Replayer:
             sent += 1
         replay.replayed += sent
         self.stats.replayed += sent
+        if conn.send_full:  # --slow-consumer-action drop dropped some: not all was replayed
+            replay.recovered = False
         if entries:
             self._wake(replay)
         elif not replay.read_all:

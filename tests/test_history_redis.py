@@ -213,3 +213,42 @@ async def test_group_messages_go_on_locally_while_redis_is_down(
     finally:
         await stop(servers)
         redis.start()
+
+
+@pytest_twisted.ensureDeferred
+async def test_node_killed_client_resumes_on_another_process(
+        reactor: Any, redis: RedisProcess, processes: list[Any]) -> None:
+    """Real fws_server processes: the client's node dies (SIGKILL); it resumes on the other."""
+    import signal
+
+    from tests.helpers import connect
+    from tests.processes import serve
+
+    argv = ("-f", BY_TOKEN, "--history", "50", "--storage", "fws.storage_objects.redis",
+            "--redis-host", "127.0.0.1", "--redis-port", str(redis.port))
+    first, second = serve(*argv), serve(*argv)
+    processes.extend([first, second])
+    for proc in (first, second):
+        proc.wait_for_line("Redis ready")
+    reader = await connect(reactor, first.port, protocols=V1)
+    sender = await connect(reactor, second.port)
+    await joined(reader, "room")
+    await joined(sender, "room")
+    await until_members(reactor, redis, "room", 2)
+    sender.send("before")
+    head, body, _ = await headed(reader)
+    assert (head["offset"], body) == (1, b"before")
+    first.signal(signal.SIGKILL)
+    first.wait()
+    await reader.closed
+    for text in ("lost-1", "lost-2"):
+        sender.send(text)
+    await deferLater(reactor, 0.2, lambda: None)
+    back = await connect(reactor, second.port, resume_path({"room": [head["epoch"], 1]}),
+                         protocols=V1)
+    assert [(await headed(back))[1] for _ in range(2)] == [b"lost-1", b"lost-2"]
+    assert json.loads((await back.recv())[0]) == {
+        "group": "room", "recovered": True, "epoch": head["epoch"], "offset": 3}
+    for client in (back, sender):
+        client.sendClose(1000)
+        await client.closed

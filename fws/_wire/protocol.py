@@ -343,6 +343,11 @@ class WireProtocol(WebSocketServerProtocol):
         """True while the client is ``--max-send-buffer`` behind and messages to it are dropped."""
         return self._lane.full
 
+    @property
+    def send_blocked(self) -> bool:
+        """True while the client does not read (its transport paused fws's writes)."""
+        return self._lane.blocked
+
     def sendMessage(
         self,
         payload: str | bytes | bytearray | memoryview,
