@@ -80,7 +80,7 @@ def header(group: str, epoch: str | None, offset: int | None) -> bytes:
                       ensure_ascii=False).encode() + b"\n"
 
 
-def control(group: str, recovered: bool, epoch: str, offset: int) -> str:
+def control(group: str, recovered: bool, epoch: str | None, offset: int | None) -> str:
     """What a resumed group ends with: whether everything missed was replayed, and where it is."""
     return json.dumps({"group": group, "recovered": recovered, "epoch": epoch, "offset": offset},
                       separators=(",", ":"), ensure_ascii=False)
@@ -255,6 +255,7 @@ class MemoryHistory:
         now = self.reactor.seconds()
         self._forget_idle(now)
         ring = self._ring(group, channel)
+        ring.channel = ring.channel or channel
         self._rings.move_to_end(group)
         self._last_write[group] = now
         ring.last += 1
@@ -361,6 +362,8 @@ class Replay:
     last: int = 0
     done: bool = False
     replayed: int = 0
+    #: The store could not be read: the position is not known.
+    unknown: bool = False
 
     def hold(self, offset: int, is_binary: bool, data: bytes) -> bool:
         """
@@ -480,9 +483,10 @@ class Replayer:
             return
         log.warn("history of {group} could not be read for connection {conn_id}: {reason}",
                  group=replay.group, conn_id=replay.conn.id, reason=failure.getErrorMessage())
-        # Nothing is known of the position: the client hears so, with what it had.
+        # Nothing is known of the position: recovered:false with a null epoch and
+        # offset, as the headers of messages that could not be kept say it.
         replay.recovered = False
-        replay.last = replay.cursor
+        replay.unknown = True
         replay.read_all = replay.fenced = True
         self._wake(replay)
 
@@ -512,24 +516,29 @@ class Replayer:
         self._wake(replay)
 
     def _finish(self, replay: Replay) -> None:
-        """Deliver what was held, say how it went, and hand the connection back to live delivery."""
+        """
+        Say how the replay went, deliver the live messages it held after that
+        line (those it replayed left out), and hand the connection back to
+        live delivery: the ``recovered`` line names the position just before
+        the first message that follows it.
+        """
         self.cancel(replay)
         conn = replay.conn
-        if replay.recovered:
-            position = replay.cursor
-        else:
-            position = replay.last
-            replay.cursor = position
-        for offset, is_binary, data in replay.held:
-            if offset > replay.cursor:
-                conn.sendMessage(data, is_binary)
-                replay.cursor = offset
-        replay.held.clear()
         if replay.recovered:
             self.stats.recovered += 1
         else:
             self.stats.not_recovered += 1
-        conn.sendMessage(control(replay.group, replay.recovered, replay.epoch, position), False)
+            replay.cursor = replay.last
+        if replay.unknown:
+            conn.sendMessage(control(replay.group, False, None, None), False)
+        else:
+            conn.sendMessage(control(replay.group, replay.recovered, replay.epoch, replay.cursor),
+                             False)
+        for offset, is_binary, data in replay.held:
+            if offset > replay.cursor or replay.unknown:
+                conn.sendMessage(data, is_binary)
+                replay.cursor = offset
+        replay.held.clear()
         self.server.replay_done(replay)
 
     def give_up(self, replay: Replay, offset: int) -> None:

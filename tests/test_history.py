@@ -190,6 +190,17 @@ async def test_retention_exceeded_or_other_epoch_is_not_recovered(reactor: Any) 
         assert got == [6, 7, 8]
         assert json.loads((await inside.recv())[0])["recovered"] is True
         assert server.factory.stats.not_recovered == 3
+        from fws.metrics import FwsCollector
+
+        samples = {(sample.name, tuple(sample.labels.values())): sample.value
+                   for family in FwsCollector(server.factory).collect()
+                   for sample in family.samples}
+        assert samples[("fws_history_messages_kept_total", ())] == 8
+        assert samples[("fws_history_messages", ())] == 3
+        assert samples[("fws_history_replays_total", ())] == 4
+        assert samples[("fws_history_messages_replayed_total", ())] == 3
+        assert samples[("fws_history_resumes_total", ("true",))] == 1
+        assert samples[("fws_history_resumes_total", ("false",))] == 3
     finally:
         await server.stop()
 
@@ -322,7 +333,7 @@ async def test_resume_storm_is_paced_and_loses_nothing(reactor: Any) -> None:
                 head, body = split(payload)
                 assert body == f"m{head['offset']}".encode()
                 offsets.append(head["offset"])
-            assert answer["recovered"] is True and answer["offset"] <= 70
+            assert answer["recovered"] is True and answer["offset"] == offsets[-1]
             while len(offsets) < 70:
                 head, _ = split((await client.recv())[0])
                 offsets.append(head["offset"])

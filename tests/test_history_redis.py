@@ -210,6 +210,12 @@ async def test_group_messages_go_on_locally_while_redis_is_down(
         head, body, _ = await headed(reader)
         assert body == b"meanwhile" and head == {"group": "room", "epoch": None, "offset": None}
         assert await plain.recv() == (b"meanwhile", False)
+        # A resume cannot read the history: not recovered, position unknown, and live from there.
+        back = await server.connect(resume_path({"room": ["e", 1]}), protocols=V1)
+        assert json.loads((await back.recv())[0]) == {
+            "group": "room", "recovered": False, "epoch": None, "offset": None}
+        sender.send("still")
+        assert (await headed(back))[1] == b"still"
     finally:
         await stop(servers)
         redis.start()

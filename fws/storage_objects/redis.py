@@ -257,6 +257,10 @@ class RedisStorage(StorageBase, MultiService):
                     if history is not None:
                         history.deliver(group, str(epoch), int(offset), exclude_id,
                                         bool(is_binary), payload)
+                    elif origin != self.node_id:
+                        # A node without --history (a rolling change): as a plain relay.
+                        server.deliver_relayed(None if group == "*" else group, exclude_id,
+                                               bool(is_binary), payload)
                     return
                 if len(parts) == 3:  # a replay's fence: deliveries are past its read
                     _, origin, fence = parts
