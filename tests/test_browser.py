@@ -10,6 +10,7 @@ never downloads anything.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -217,7 +218,7 @@ def test_the_page_resumes_and_shows_what_it_missed(processes: list[FwsProcess], 
         first.wait()
         sees(page, "reconnecting")
         for text in ("while you were away", "and this too"):
-            grace.send('{"name": "grace", "text": "%s"}' % text)
+            grace.send(json.dumps({"name": "grace", "text": text}))
         second = FwsProcess(args, port=port)
         processes.append(second)
         second.start()
