@@ -59,10 +59,14 @@ MAX_NAME = 256
 MAX_EPOCH = 64
 #: Offsets are JSON numbers that every client can hold exactly.
 MAX_OFFSET = 2**53 - 1
-#: Messages all the replays of a node send per reactor turn together ...
+#: Messages, and payload bytes, all the replays of a node send per reactor turn together ...
 REPLAY_BUDGET = 500
-#: ... read from the store this many at a time per replay.
+REPLAY_BYTES = 4 * 1024 * 1024
+#: ... read from the store this many (and about this many bytes) at a time per replay.
 PAGE = 200
+PAGE_BYTES = 1024 * 1024
+#: Groups the memory history knows at most (the least recently written go first).
+MAX_GROUPS = 100_000
 #: Live messages a replay holds for its connection before it gives up (recovered:false).
 MAX_HELD = 10_000
 #: Seconds a replay to a client that does not read waits before it looks again.
@@ -183,7 +187,8 @@ class HistoryStore(Protocol):
 
     def read(self, group: str, after: int, count: int, fence: str) -> Deferred[Page]:
         """
-        Up to ``count`` kept messages after offset ``after`` (the group gets
+        Up to ``count`` kept messages after offset ``after``, stopping after
+        the first that reaches :data:`PAGE_BYTES` of payload (the group gets
         an epoch if it had none). A store whose deliveries come from a
         stream of their own (Redis's pub/sub) sends ``fence`` down that
         stream in the same step: :meth:`Replayer.fenced` once it arrives, so
@@ -242,7 +247,13 @@ class MemoryHistory:
     def _ring(self, group: str, channel: bool) -> _Ring:
         ring = self._rings.get(group)
         if ring is None:
-            ring = self._rings[group] = _Ring(channel)
+            rings = self._rings
+            while len(rings) >= MAX_GROUPS:
+                oldest, dropped = rings.popitem(last=False)
+                del self._last_write[oldest]
+                while dropped.entries:
+                    self._drop_oldest(dropped)
+            ring = rings[group] = _Ring(channel)
             self._last_write[group] = self.reactor.seconds()
         return ring
 
@@ -307,7 +318,13 @@ class MemoryHistory:
         if entries:
             # Offsets in a ring are consecutive: the index of ``after + 1`` is known.
             start = max(0, after + 1 - entries[0][0])
-        page = [entries[i] for i in range(start, min(len(entries), start + count))]
+        page = []
+        size = 0
+        for i in range(start, min(len(entries), start + count)):
+            page.append(entries[i])
+            size += len(entries[i][3])
+            if size >= PAGE_BYTES:
+                break
         complete = start + len(page) >= len(entries)
         return succeed(Page(ring.epoch, ring.last, page, now, complete))
 
@@ -349,6 +366,7 @@ class Replay:
     epoch: str
     cursor: int
     id: str = field(default_factory=lambda: secrets.token_hex(6))
+    #: Read, to be sent: ``(offset, binary, payload)`` (the header is added as each is sent).
     entries: deque[tuple[int, bool, bytes]] = field(default_factory=deque)
     held: list[tuple[int, bool, bytes]] = field(default_factory=list)
     #: Whether the whole history after ``cursor`` has been read ...
@@ -414,34 +432,42 @@ class Replayer:
 
     def _run(self) -> None:
         self._call = None
-        budget = REPLAY_BUDGET
+        budget, room = REPLAY_BUDGET, REPLAY_BYTES
         queue = self._queue
-        while queue and budget > 0:
+        while queue and budget > 0 and room > 0:
             replay = queue.popleft()
             if replay.done:
                 continue
-            budget -= self._step(replay, min(budget, PAGE))
+            sent, size = self._step(replay, min(budget, PAGE), room)
+            budget -= sent
+            room -= size
         if queue and self._call is None:
             self._call = self.reactor.callLater(0, self._run)
 
-    def _step(self, replay: Replay, most: int) -> int:
-        """Send up to ``most`` of ``replay``'s messages; read, finish or wait as it needs."""
+    def _step(self, replay: Replay, most: int, room: int) -> tuple[int, int]:
+        """
+        Send up to ``most`` of ``replay``'s messages (and about ``room`` bytes);
+        read, finish or wait as it needs. Returns the turn's budget it used:
+        messages (at least 1, so that a turn ends) and bytes.
+        """
         conn = replay.conn
         if conn.state != conn.STATE_OPEN:
             self.cancel(replay)
-            return 0
+            return 1, 0
         entries = replay.entries
         if entries and conn.send_blocked:
             # The client is not reading: its replay waits for it rather than filling
             # its send buffer (the rest of the node's replays go on meanwhile).
             self.reactor.callLater(BLOCKED_WAIT, self._wake, replay)
-            return 1
-        sent = 0
-        while entries and sent < most:
-            offset, is_binary, data = entries.popleft()
-            conn.sendMessage(data, is_binary)
+            return 1, 0
+        sent = size = 0
+        group, epoch = replay.group, replay.epoch
+        while entries and sent < most and size < room:
+            offset, is_binary, payload = entries.popleft()
+            conn.sendMessage(header(group, epoch, offset) + payload, is_binary)
             replay.cursor = offset
             sent += 1
+            size += len(payload)
         replay.replayed += sent
         self.stats.replayed += sent
         if conn.send_full:  # --slow-consumer-action drop dropped some: not all was replayed
@@ -453,7 +479,7 @@ class Replayer:
                 self._read(replay)
         elif replay.fenced:
             self._finish(replay)
-        return max(sent, 1)
+        return max(sent, 1), size
 
     def _read(self, replay: Replay) -> None:
         replay.reading = True
@@ -508,9 +534,8 @@ class Replayer:
             replay.read_all = True
             self._wake(replay)
             return
-        group, epoch = replay.group, replay.epoch
         for offset, _, is_binary, payload in fresh:
-            replay.entries.append((offset, is_binary, header(group, epoch, offset) + payload))
+            replay.entries.append((offset, is_binary, payload))
         replay.last = page.last
         replay.read_all = page.complete
         self._wake(replay)

@@ -378,3 +378,38 @@ async def test_python_calls_per_delivery_with_history(reactor: Any) -> None:
                 assert (b"\n" in payload) == (client.websocket_protocol_in_use == "fws.v1")
     finally:
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_messages_replay_page_by_page(reactor: Any) -> None:
+    """Pages and turns are bounded in bytes too: 12 messages of 600 kB take several of each."""
+    server = history_server(reactor, [BY_TOKEN], "--history", "100")
+    try:
+        sender, reader = await server.connect(), await server.connect(protocols=V1)
+        await joined(sender, "room")
+        await joined(reader, "room")
+        sender.send("first")
+        epoch = split((await reader.recv())[0])[0]["epoch"]
+        reader.sendClose(1000)
+        await reader.closed
+        big = [bytes([i]) * 600_000 for i in range(12)]
+        for payload in big:
+            sender.send(payload)
+        await deferLater(reactor, 0.2, lambda: None)
+        reads = []
+        store = server.factory.history
+        read = store.read
+
+        def counted(*args: Any) -> Any:
+            reads.append(args)
+            return read(*args)
+
+        store.read = counted
+        back = await server.connect(resume_path({"room": [epoch, 1]}), protocols=V1)
+        for offset, payload in enumerate(big, 2):
+            head, body = split((await back.recv(timeout=20))[0])
+            assert head["offset"] == offset and body == payload
+        assert json.loads((await back.recv())[0])["recovered"] is True
+        assert len(reads) >= 12 * 600_000 // history.PAGE_BYTES
+    finally:
+        await server.stop()

@@ -258,3 +258,28 @@ async def test_node_killed_client_resumes_on_another_process(
     for client in (back, sender):
         client.sendClose(1000)
         await client.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_messages_replay_from_redis(reactor: Any, redis: RedisProcess) -> None:
+    a, b = servers = nodes(reactor, redis, 2, "--history", "100")
+    try:
+        await all_ready(reactor, servers)
+        sender, reader = await a.connect(), await b.connect(protocols=V1)
+        await joined(sender, "room")
+        await joined(reader, "room")
+        await until_members(reactor, redis, "room", 2)
+        sender.send("first")
+        epoch = (await headed(reader))[0]["epoch"]
+        big = [bytes([i]) * 500_000 for i in range(8)]
+        for payload in big:
+            sender.send(payload)
+        for _ in big:
+            await headed(reader)
+        back = await a.connect(resume_path({"room": [epoch, 1]}), protocols=V1)
+        for offset, payload in enumerate(big, 2):
+            head, body, binary = await headed(back)
+            assert head["offset"] == offset and body == payload and binary
+        assert json.loads((await back.recv())[0])["recovered"] is True
+    finally:
+        await stop(servers)

@@ -56,7 +56,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from fws.config import ConfigError, Option
-from fws.history import Page, new_epoch
+from fws.history import PAGE_BYTES, Page, new_epoch
 from fws.redis_service import (
     RedisAddress,
     RedisConnectionError,
@@ -367,9 +367,10 @@ return offset
 """
 
 #: KEYS: stream, position, bus. ARGV: after, count, an epoch for a group that has none,
-#: TTL in ms, the fence to publish ('' for none). The group's epoch, last offset, up to
-#: count entries after ``after``, and Redis's clock; the fence goes down the bus in the
-#: same step, so that it follows every message this read can see.
+#: TTL in ms, the fence to publish ('' for none), page bytes. The group's epoch, last
+#: offset, up to count entries after ``after`` (ending with the first that reaches page
+#: bytes of payload), Redis's clock, and whether nothing more is kept; the fence goes down
+#: the bus in the same step, so that it follows every message this read can see.
 READ = """
 local epoch = redis.call('HGET', KEYS[2], 'e')
 if not epoch then
@@ -381,11 +382,22 @@ end
 local last = redis.call('HGET', KEYS[2], 'o')
 local entries = redis.call('XRANGE', KEYS[1], string.format('%d-0', tonumber(ARGV[1]) + 1), '+',
                            'COUNT', ARGV[2])
+local size, cut = 0, #entries
+for i, entry in ipairs(entries) do
+  local fields = entry[2]
+  for j = 1, #fields, 2 do
+    if fields[j] == 'p' then size = size + #fields[j + 1] end
+  end
+  if size >= tonumber(ARGV[6]) then cut = i break end
+end
+local complete = 0
+if #entries < tonumber(ARGV[2]) and cut == #entries then complete = 1 end
+while #entries > cut do table.remove(entries) end
 if ARGV[5] ~= '' then
   redis.call('PUBLISH', KEYS[3], ARGV[5])
 end
 local t = redis.call('TIME')
-return {epoch, last, entries, t[1], t[2]}
+return {epoch, last, entries, t[1], t[2], complete}
 """
 
 
@@ -450,12 +462,12 @@ class RedisHistory:
     def read(self, group: str, after: int, count: int, fence: str) -> Deferred[Page]:
         message = json.dumps(["fence", self.storage.node_id, fence]) if fence else ""
         d = self.storage.redis.run_script(READ, self._keys(group), [
-            after, count, new_epoch(), self.ttl_ms, message])
-        return d.addCallback(self._page, count)
+            after, count, new_epoch(), self.ttl_ms, message, PAGE_BYTES])
+        return d.addCallback(self._page)
 
     @staticmethod
-    def _page(reply: Any, count: int) -> Page:
-        epoch, last, entries, seconds, micros = reply
+    def _page(reply: Any) -> Page:
+        epoch, last, entries, seconds, micros, complete = reply
         page = []
         for entry_id, fields in entries or ():
             offset, _, ms = entry_id.partition(b"-")
@@ -463,7 +475,7 @@ class RedisHistory:
             page.append((int(offset), int(ms) / 1000.0, values.get(b"b") == b"1",
                          values.get(b"p", b"")))
         return Page(epoch.decode(), int(last or 0), page, int(seconds) + int(micros) / 1e6,
-                    len(page) < count)
+                    bool(int(complete)))
 
     def collect(self) -> Mapping[str, int]:
         return {"kept": self.kept}
