@@ -413,3 +413,37 @@ async def test_large_messages_replay_page_by_page(reactor: Any) -> None:
         assert len(reads) >= 12 * 600_000 // history.PAGE_BYTES
     finally:
         await server.stop()
+
+
+def test_plain_clients_see_the_same_bytes_with_and_without_history(processes: list[Any]) -> None:
+    """fws_server processes with --history 0 and 10: a plain client's handshake and frames match."""
+    from tests.processes import serve
+    from tests.rawws import RawClient, frame
+
+    seen = []
+    for size in ("0", "10"):
+        proc = serve("-f", BY_TOKEN, "--history", size)
+        processes.append(proc)
+        member, sender = RawClient(proc.port), RawClient(proc.port)
+        v1 = RawClient(proc.port, extra="Sec-WebSocket-Protocol: fws.v1\r\n")
+        got = [member.response.split(b"\r\n", 1)[0],
+               b"\r\n".join(sorted(line for line in member.response.split(b"\r\n")[1:]
+                                   if not line.lower().startswith(b"sec-websocket-accept")))]
+        for client in (member, sender, v1):
+            client.send(frame(b"token:room"))
+            assert client.read_frame()[1].startswith(b"Successfully registered")
+        sender.send(frame(b"hello"))
+        sender.send(frame(b"\x00\xff", opcode=2))
+        got += [repr(member.read_frame()).encode(), repr(member.read_frame()).encode()]
+        headed = [v1.read_frame(), v1.read_frame()]
+        if size == "0":
+            assert b"sec-websocket-protocol" not in v1.response.lower()
+            assert headed == [(1, b"hello"), (2, b"\x00\xff")]
+        else:
+            assert b"sec-websocket-protocol: fws.v1" in v1.response.lower()
+            assert [(op, payload.partition(b"\n")[2]) for op, payload in headed] == [
+                (1, b"hello"), (2, b"\x00\xff")]
+        seen.append(got)
+        for client in (member, sender, v1):
+            client.close()
+    assert seen[0] == seen[1]
