@@ -447,3 +447,41 @@ def test_plain_clients_see_the_same_bytes_with_and_without_history(processes: li
         for client in (member, sender, v1):
             client.close()
     assert seen[0] == seen[1]
+
+
+def test_a_replay_waits_for_a_client_that_does_not_read(processes: list[Any]) -> None:
+    """
+    24 MB to replay, a client that reads nothing for a while: the replay waits
+    for it instead of going over --max-send-buffer (4 MiB), so the client is
+    not closed as a slow consumer and gets everything once it reads.
+    """
+    import time
+
+    from tests.processes import serve
+    from tests.rawws import RawClient, frame
+
+    proc = serve("-f", BY_TOKEN, "--history", "100", "--max-message-rate", "0")
+    processes.append(proc)
+    sender, reader = RawClient(proc.port), RawClient(
+        proc.port, extra="Sec-WebSocket-Protocol: fws.v1\r\n")
+    for client in (sender, reader):
+        client.send(frame(b"token:room"))
+        assert client.read_frame()[1].startswith(b"Successfully registered")
+    sender.send(frame(b"first"))
+    head = json.loads(reader.read_frame()[1].partition(b"\n")[0])
+    reader.close()
+    chunk = b"x" * 400_000
+    for i in range(60):
+        sender.send(frame(b"%02d" % i + chunk, opcode=2))
+    time.sleep(0.3)
+    slow = RawClient(proc.port, resume_path({"room": [head["epoch"], 1]}),
+                     extra="Sec-WebSocket-Protocol: fws.v1\r\n", rcvbuf=65536)
+    time.sleep(1.5)  # not reading: the kernel buffers fill, fws's transport pauses
+    for i in range(60):
+        opcode, payload = slow.read_frame()
+        line, _, body = payload.partition(b"\n")
+        assert opcode == 2 and json.loads(line)["offset"] == i + 2 and body == b"%02d" % i + chunk
+    assert json.loads(slow.read_frame()[1])["recovered"] is True
+    assert not any("4008" in line or "slow" in line for line in proc.lines())
+    for client in (sender, slow):
+        client.close()
