@@ -413,9 +413,11 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
             joins = not (group == EVERYONE or history.is_channel(group)
                          or (channels and not token_groups))
             if joins:
-                refusal = join_refusal(conn, group)
-                if refusal is None and conn.token is not None and conn.token != group:
-                    refusal = f"Error: a connection is in one broadcast group at a time: {group}"
+                if conn.token is not None and conn.token != group:
+                    refusal: str | None = ("Error: a connection is in one broadcast group at a "
+                                           f"time: {group}")
+                else:
+                    refusal = join_refusal(conn, group)
                 if refusal is not None:
                     conn.sendMessage(refusal)
                     continue

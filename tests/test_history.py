@@ -485,3 +485,18 @@ def test_a_replay_waits_for_a_client_that_does_not_read(processes: list[Any]) ->
     assert not any("4008" in line or "slow" in line for line in proc.lines())
     for client in (sender, slow):
         client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_resume_names_one_token_group_at_most(reactor: Any) -> None:
+    server = history_server(reactor, [BY_TOKEN], "--history", "10")
+    try:
+        client = await server.connect(resume_path({"a": ["e", 0], "b": ["e", 0]}), protocols=V1)
+        # The refusal at once; the replay's line when its turn comes.
+        assert await client.recv() == (
+            b"Error: a connection is in one broadcast group at a time: b", False)
+        assert json.loads((await client.recv())[0])["group"] == "a"
+        [conn] = server.factory.users.values()
+        assert conn.token == "a" and conn.groups_joined == {"a"}
+    finally:
+        await server.stop()
