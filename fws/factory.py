@@ -111,6 +111,9 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         self.history: HistoryStore | None = None
         self._replayer: Replayer | None = None
         self._replaying: dict[str, dict[str, Replay]] = {}
+        #: Open users that take headers (fws.v1): while there are none, a group
+        #: message is framed once, plain, as without history.
+        self._headed = 0
         limits = self.limits
         if limits.history_size > 0:
             self.history = storage_object.history(self, reactor, limits) or MemoryHistory(
@@ -148,6 +151,8 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         """Called when a connection opens: it becomes a user."""
         self.users[conn.id] = conn
         self._lanes[conn.id] = conn._lane
+        if conn._lane.headed:
+            self._headed += 1
         ip = conn.client_ip
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         conn._idle_since = self.reactor.seconds()
@@ -160,6 +165,8 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         conn._lane.ok = False
         self._lanes.pop(conn.id, None)
         if self.users.pop(conn.id, None) is not None:
+            if conn._lane.headed:
+                self._headed -= 1
             ip = conn.client_ip
             left = self.per_ip.get(ip, 1) - 1
             if left > 0:
@@ -377,6 +384,8 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
                 return 0
             lanes = group_lanes.values()
         exclude = self.users.get(exclude_id) if exclude_id is not None else None
+        if not self._headed:
+            return self.send_all(payload, is_binary, exclude, lanes)
         headed = header(group, epoch, offset) + payload
         replaying = self._replaying.get(group)
         sent = self.send_split(payload, headed, is_binary, exclude, lanes, replaying)
