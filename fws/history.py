@@ -71,6 +71,9 @@ MAX_GROUPS = 100_000
 MAX_HELD = 10_000
 #: Seconds a replay to a client that does not read waits before it looks again.
 BLOCKED_WAIT = 0.05
+#: Seconds a read's fence may take to come back (it is lost if the subscriber
+#: connection was down) before the replay reads again, with a new fence.
+FENCE_TIMEOUT = 3.0
 
 
 def new_epoch() -> str:
@@ -382,6 +385,8 @@ class Replay:
     replayed: int = 0
     #: The store could not be read: the position is not known.
     unknown: bool = False
+    reads: int = 0
+    fence_call: Any = None
 
     def hold(self, offset: int, is_binary: bool, data: bytes) -> bool:
         """
@@ -420,6 +425,7 @@ class Replayer:
     def cancel(self, replay: Replay) -> None:
         """The connection closed or left the group: stop (nothing more is sent)."""
         replay.done = True
+        self._stop_fence_timer(replay)
         if replay.fence is not None:
             self._by_fence.pop(replay.fence, None)
 
@@ -487,18 +493,42 @@ class Replayer:
         if self.store.fences:
             if replay.fence is not None:
                 self._by_fence.pop(replay.fence, None)
-            fence = f"{replay.id}.{replay.cursor}"
+            replay.reads += 1
+            fence = f"{replay.id}.{replay.reads}"
             replay.fence, replay.fenced = fence, False
             self._by_fence[fence] = replay
+            self._stop_fence_timer(replay)
+            replay.fence_call = self.reactor.callLater(FENCE_TIMEOUT, self._fence_late, replay,
+                                                       fence)
         d = self.store.read(replay.group, replay.cursor, PAGE, fence or "")
         d.addCallbacks(self._page, self._read_failed, callbackArgs=(replay,),
                        errbackArgs=(replay,))
+
+    @staticmethod
+    def _stop_fence_timer(replay: Replay) -> None:
+        call, replay.fence_call = replay.fence_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _fence_late(self, replay: Replay, fence: str) -> None:
+        """A fence did not come back: read again (what the read gives is checked as ever)."""
+        replay.fence_call = None
+        if replay.done or replay.fence != fence or replay.fenced:
+            return
+        self._by_fence.pop(fence, None)
+        log.info("the fence of a history read for connection {conn_id} did not come back "
+                 "within {timeout}s; reading again", conn_id=replay.conn.id,
+                 timeout=FENCE_TIMEOUT)
+        replay.read_all = False
+        if not replay.reading and not replay.entries:
+            self._read(replay)
 
     def fenced(self, fence: str) -> None:
         """A read's fence came back down the delivery stream: what was live before it is held."""
         replay = self._by_fence.pop(fence, None)
         if replay is None or replay.done:
             return
+        self._stop_fence_timer(replay)
         replay.fenced = True
         if replay.read_all and not replay.entries:
             self._wake(replay)

@@ -283,3 +283,46 @@ async def test_large_messages_replay_from_redis(reactor: Any, redis: RedisProces
         assert json.loads((await back.recv())[0])["recovered"] is True
     finally:
         await stop(servers)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lost_fence_makes_the_replay_read_again(reactor: Any, redis: RedisProcess,
+                                                        monkeypatch: Any) -> None:
+    """
+    A read's fence that never comes back (published while the subscriber
+    connection was down) does not hang the replay: it reads again.
+    """
+    from fws import history
+
+    monkeypatch.setattr(history, "FENCE_TIMEOUT", 0.3)
+    a, b = servers = nodes(reactor, redis, 2, "--history", "100")
+    try:
+        await all_ready(reactor, servers)
+        sender = await a.connect()
+        await joined(sender, "room")
+        probe = await b.connect(protocols=V1)
+        await joined(probe, "room")
+        await until_members(reactor, redis, "room", 2)
+        sender.send("m1")
+        epoch = (await headed(probe))[0]["epoch"]
+        sender.send("m2")
+        await headed(probe)
+        factory = b.factory
+        fenced = factory.history_fenced
+        lost: list[str] = []
+
+        def lose_the_first(fence: str) -> None:
+            if not lost:
+                lost.append(fence)  # as if the subscriber had been down when it came
+                return
+            fenced(fence)
+
+        factory.history_fenced = lose_the_first
+        back = await b.connect(resume_path({"room": [epoch, 0]}), protocols=V1)
+        assert [(await headed(back))[1] for _ in range(2)] == [b"m1", b"m2"]
+        assert json.loads((await back.recv())[0]) == {
+            "group": "room", "recovered": True, "epoch": epoch, "offset": 2}
+        assert lost
+        await back.silent(0.1)
+    finally:
+        await stop(servers)
