@@ -326,3 +326,27 @@ async def test_a_lost_fence_makes_the_replay_read_again(reactor: Any, redis: Red
         await back.silent(0.1)
     finally:
         await stop(servers)
+
+
+@pytest_twisted.ensureDeferred
+async def test_scripts_flushed_from_redis_are_sent_again(reactor: Any, redis: RedisProcess) -> None:
+    """EVALSHA once Redis knows the script; after SCRIPT FLUSH (NOSCRIPT), EVAL again."""
+    a, b = servers = nodes(reactor, redis, 2, "--history", "100")
+    try:
+        await all_ready(reactor, servers)
+        sender, reader = await a.connect(), await b.connect(protocols=V1)
+        await joined(sender, "room")
+        await joined(reader, "room")
+        await until_members(reactor, redis, "room", 2)
+        for i in range(1, 4):
+            sender.send(f"m{i}")
+            assert (await headed(reader))[0]["offset"] == i
+        assert redis.command("SCRIPT", "FLUSH") == b"+OK"
+        sender.send("m4")
+        head, body, _ = await headed(reader)
+        assert (head["offset"], body) == (4, b"m4")
+        back = await b.connect(resume_path({"room": [head["epoch"], 2]}), protocols=V1)
+        assert [(await headed(back))[1] for _ in range(2)] == [b"m3", b"m4"]
+        assert json.loads((await back.recv())[0])["recovered"] is True
+    finally:
+        await stop(servers)
