@@ -505,7 +505,9 @@ class RedisService(Service):
 
         Written straight to the connection as :meth:`publish` is: EVAL until
         Redis has run the script once on this connection, EVALSHA from then
-        on (and EVAL again if Redis answers NOSCRIPT, its scripts flushed).
+        on (and EVAL again if Redis answers NOSCRIPT, its scripts flushed: the
+        scripts in flight at a SCRIPT FLUSH are then run again in the order
+        their NOSCRIPT came back, after any sent meanwhile).
         """
         link = self._command_link
         conn = link.proto if link is not None else None
