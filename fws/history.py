@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -611,7 +611,6 @@ class Replayer:
         self._finish(replay)
 
 
-HistoryFactory = Callable[[HistoryServer, IReactorTime, Any], HistoryStore]
 
 __all__ = [
     "EVERYONE",
