@@ -64,6 +64,21 @@ def test_parse_resume_bounds() -> None:
         parse_resume(['{}', '{}'])
 
 
+def test_check_says_what_history_is_kept(processes: list[Any]) -> None:
+    import subprocess
+
+    from tests.processes import BIN
+
+    out = subprocess.run([str(BIN / "fws_server"), "--check", "-f", BY_TOKEN, "--history", "50",
+                          "--history-ttl", "60"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert ("history: 50 messages per group for 60 s, in this node's memory (fws.v1 clients can "
+            "resume)") in out.stdout.splitlines()
+    plain = subprocess.run([str(BIN / "fws_server"), "--check", "-f", BY_TOKEN],
+                           capture_output=True, text=True, timeout=60)
+    assert "history:" not in plain.stdout
+
+
 def test_history_options_are_capped() -> None:
     config = resolve(["--history", "50", "--history-ttl", "60"], environ={})
     assert config is not None
