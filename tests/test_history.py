@@ -515,3 +515,30 @@ async def test_resume_names_one_token_group_at_most(reactor: Any) -> None:
         assert conn.token == "a" and conn.groups_joined == {"a"}
     finally:
         await server.stop()
+
+
+def test_history_metrics_pass_promtool(processes: list[Any]) -> None:
+    """/metrics of a server with --history, after a resume, is valid for promtool."""
+    import subprocess
+    from urllib.parse import quote
+
+    from websockets.sync.client import connect
+
+    from tests.test_metrics_promtool import admin_server, promtool, samples, scrape
+
+    tool = promtool()
+    proc, port = admin_server("-f", BY_TOKEN, "--history", "10")
+    processes.append(proc)
+    with connect(proc.url, subprotocols=["fws.v1"]) as ws:
+        ws.send("token:room")
+        ws.recv(timeout=5)
+    with connect(proc.url + "?resume=" + quote('{"room": ["e", 0]}'), subprotocols=["fws.v1"]) as ws:
+        assert json.loads(ws.recv(timeout=5))["recovered"] is False
+    text = scrape(port)
+    check = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0, f"promtool check metrics:\n{check.stdout}{check.stderr}"
+    found = samples(text)
+    assert found["fws_history_replays_total"] == 1
+    assert found['fws_history_resumes_total{recovered="false"}'] == 1
+    assert found["fws_history_groups"] == 1
