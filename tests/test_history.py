@@ -542,3 +542,28 @@ def test_history_metrics_pass_promtool(processes: list[Any]) -> None:
     assert found["fws_history_replays_total"] == 1
     assert found['fws_history_resumes_total{recovered="false"}'] == 1
     assert found["fws_history_groups"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_compressed_clients_get_their_form_of_a_group_message(reactor: Any) -> None:
+    """--compression: a compressed fws.v1 member gets the headed frame, a compressed plain one the plain."""
+    from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateResponseAccept
+
+    server = history_server(reactor, [BY_TOKEN], "--history", "10", "--compression")
+    try:
+        deflate = {"perMessageCompressionOffers": [PerMessageDeflateOffer()],
+                   "perMessageCompressionAccept": PerMessageDeflateResponseAccept}
+        sender = await server.connect()
+        packed_v1 = await server.connect(protocols=V1, **deflate)
+        packed_plain = await server.connect(**deflate)
+        for client in (sender, packed_v1, packed_plain):
+            await joined(client, "room")
+        assert all(c._perMessageCompress is not None
+                   for c in server.factory.users.values() if c._lane.headed)
+        for text in ("one " * 50, "two " * 50):
+            sender.send(text)
+            head, body = split((await packed_v1.recv())[0])
+            assert body == text.encode() and head["group"] == "room"
+            assert await packed_plain.recv() == (text.encode(), False)
+    finally:
+        await server.stop()
