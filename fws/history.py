@@ -417,6 +417,8 @@ class Replayer:
         self._queue: deque[Replay] = deque()
         self._by_fence: dict[str, Replay] = {}
         self._call: Any = None
+        #: Reads of the store that failed (the resumes answered with a null position).
+        self.read_failures = 0
 
     def start(self, replay: Replay) -> None:
         self.stats.replays += 1
@@ -516,7 +518,7 @@ class Replayer:
         if replay.done or replay.fence != fence or replay.fenced:
             return
         self._by_fence.pop(fence, None)
-        log.info("the fence of a history read for connection {conn_id} did not come back "
+        log.debug("the fence of a history read for connection {conn_id} did not come back "
                  "within {timeout}s; reading again", conn_id=replay.conn.id,
                  timeout=FENCE_TIMEOUT)
         replay.read_all = False
@@ -537,8 +539,13 @@ class Replayer:
         replay.reading = False
         if replay.done:
             return
-        log.warn("history of {group} could not be read for connection {conn_id}: {reason}",
-                 group=replay.group, conn_id=replay.conn.id, reason=failure.getErrorMessage())
+        self.read_failures += 1
+        if self.read_failures == 1 or self.read_failures % 1000 == 0:
+            # One line for a storm of resumes while Redis is away, not one per resume.
+            log.warn("history could not be read for a resume ({count} so far; the last of "
+                     "{group} for connection {conn_id}): {reason}", count=self.read_failures,
+                     group=replay.group, conn_id=replay.conn.id,
+                     reason=failure.getErrorMessage())
         # Nothing is known of the position: recovered:false with a null epoch and
         # offset, as the headers of messages that could not be kept say it.
         replay.recovered = False
