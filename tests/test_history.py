@@ -538,6 +538,10 @@ def test_history_metrics_pass_promtool(processes: list[Any]) -> None:
     check = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True,
                            text=True, timeout=60)
     assert check.returncode == 0, f"promtool check metrics:\n{check.stdout}{check.stderr}"
+    from tests.test_operations import documented, exported
+
+    history = {name for name in documented() if name.startswith("fws_history_")}
+    assert history <= exported(text) <= documented()  # docs/operations.rst lists them all
     found = samples(text)
     assert found["fws_history_replays_total"] == 1
     assert found['fws_history_resumes_total{recovered="false"}'] == 1
