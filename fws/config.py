@@ -230,6 +230,14 @@ CORE_OPTIONS: tuple[Option, ...] = (
     Option("jwt_query_param", "query parameter that may carry the token", "str", "token", (),
            "NAME"),
     Option("jwt_cookie", "cookie that may carry the token", "str", "token", (), "NAME"),
+    # --- history and resume (fws.history) ---
+    Option("history_size", "messages kept per group (token group, * and pub/sub channel) for "
+           "clients of the fws.v1 subprotocol to resume after a reconnect (0: none, and no "
+           "fws.v1; at most 100000)", "int", 0, ("--history",), "SIZE"),
+    Option("history_ttl", "seconds a kept message can be resumed (at most 86400)", "float",
+           300.0, (), "SECONDS"),
+    Option("history_max_bytes", "payload bytes the memory history keeps on this node, all "
+           "groups together (the oldest go first)", "int", 64 * 1024 * 1024, (), "BYTES"),
 )
 
 

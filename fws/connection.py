@@ -152,5 +152,13 @@ class Server(Protocol):
                         exclude: Any = None) -> int:
         """Send one message to every member of token group ``group``, on every node."""
 
+    def broadcast_channel(self, channel: str, payload: Payload,
+                          isBinary: bool | None = None) -> int:
+        """
+        Send a pub/sub message of ``channel`` to every local user (each node
+        gets the message itself); with ``--history`` it is kept and numbered
+        as a message of the group ``channel`` (:mod:`fws.history`).
+        """
+
 
 __all__ = ["CloseInfo", "Connection", "Payload", "Server"]

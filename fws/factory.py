@@ -18,6 +18,15 @@ from twisted.internet.task import LoopingCall
 from fws._wire.factory import WireFactory
 from fws._wire.outbound import Lane
 from fws._wire.payload import normalize_payload
+from fws.history import (
+    EVERYONE,
+    SUBPROTOCOL,
+    HistoryStore,
+    MemoryHistory,
+    Replay,
+    Replayer,
+    header,
+)
 from fws.limits import CLOSE_GOING_AWAY, CLOSE_IDLE, Limits
 from fws.metrics import FwsMetrics, Stats
 from fws.ordered import Ordered
@@ -97,6 +106,20 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         self._member_joined = storage_object.member_joined if shared else None
         self._member_left = storage_object.member_left if shared else None
         storage_object.attach(self)
+        #: With ``--history``: the store that keeps group messages (fws.history), the
+        #: node's replays, and group -> {connection id: its replay} while they run.
+        self.history: HistoryStore | None = None
+        self._replayer: Replayer | None = None
+        self._replaying: dict[str, dict[str, Replay]] = {}
+        #: Open users that take headers (fws.v1): while there are none, a group
+        #: message is framed once, plain, as without history.
+        self._headed = 0
+        limits = self.limits
+        if limits.history_size > 0:
+            self.history = storage_object.history(self, reactor, limits) or MemoryHistory(
+                self, reactor, limits.history_size, limits.history_ttl, limits.history_max_bytes)
+            self._replayer = Replayer(self, self.history, reactor, limits.history_size,
+                                      limits.history_ttl, self.stats)
 
     def startFactory(self) -> None:
         super().startFactory()  # type: ignore[no-untyped-call]
@@ -128,6 +151,8 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         """Called when a connection opens: it becomes a user."""
         self.users[conn.id] = conn
         self._lanes[conn.id] = conn._lane
+        if conn._lane.headed:
+            self._headed += 1
         ip = conn.client_ip
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         conn._idle_since = self.reactor.seconds()
@@ -140,6 +165,8 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         conn._lane.ok = False
         self._lanes.pop(conn.id, None)
         if self.users.pop(conn.id, None) is not None:
+            if conn._lane.headed:
+                self._headed -= 1
             ip = conn.client_ip
             left = self.per_ip.get(ip, 1) - 1
             if left > 0:
@@ -148,6 +175,10 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
                 self.per_ip.pop(ip, None)
         token = conn.token
         self.leave_group(conn)
+        if conn._replays:
+            for replay in list(conn._replays):
+                self._end_replay(replay)
+            conn._replays = None
         # The group is left, but its name stays readable: a disconnect filter (the
         # 2014 ones do) cleans up what it stored under it.
         conn.token = token
@@ -219,6 +250,10 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
             if not lanes:
                 del self._group_lanes[name]
         conn.token = None
+        if conn._replays:
+            for replay in list(conn._replays):
+                if replay.group == name:
+                    self._end_replay(replay)
         if self._member_left is not None:
             self._member_left(name, conn.id)
 
@@ -260,6 +295,10 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         :returns: How many local connections it was written to.
         """
         data, binary = normalize_payload(payload, isBinary)
+        history = self.history
+        if history is not None:
+            return history.record(EVERYONE, exclude.id if exclude is not None else None, binary,
+                                  data)
         sent = self.send_all(data, binary, exclude, self._lanes.values())
         if self._relay is not None:
             self._relay(None, exclude.id if exclude is not None else None, binary, data)
@@ -279,6 +318,9 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         :returns: How many local connections it was written to.
         """
         data, binary = normalize_payload(payload, isBinary)
+        history = self.history
+        if history is not None:
+            return history.record(group, exclude.id if exclude is not None else None, binary, data)
         lanes = self._group_lanes.get(group)
         sent = self.send_all(data, binary, exclude, lanes.values()) if lanes else 0
         if self._relay is not None:
@@ -304,6 +346,120 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
             lanes = group_lanes.values()
         exclude = self.users.get(exclude_id) if exclude_id is not None else None
         return self.send_all(payload, is_binary, exclude, lanes)
+
+    def broadcast_channel(
+        self, channel: str, payload: str | bytes | bytearray | memoryview,
+        isBinary: bool | None = None,
+    ) -> int:
+        """
+        Send a pub/sub message of ``channel`` to every local user (every node
+        receives the message itself): with ``--history``, as a message of the
+        group ``channel``; otherwise as :meth:`broadcast` does.
+
+        :returns: How many local connections it was written to.
+        """
+        data, binary = normalize_payload(payload, isBinary)
+        history = self.history
+        if history is not None:
+            return history.record(channel, None, binary, data, channel=True)
+        return self.send_all(data, binary, None, self._lanes.values())
+
+    # --- history (fws.history) -------------------------------------------------------------
+
+    def deliver_history(self, group: str, epoch: str | None, offset: int | None,
+                        exclude_id: str | None, is_binary: bool, payload: bytes,
+                        everyone: bool = False) -> int:
+        """
+        Deliver a group message with its position (the history store calls
+        this, on every node): framed once plain and once with its header
+        (``fws.v1`` members), held for the members whose replay of the group
+        runs. ``everyone``: ``*`` or a pub/sub channel, whose members are
+        all users; ``offset`` ``None``: the message could not be kept.
+        """
+        if everyone or group == EVERYONE:
+            lanes: Iterable[Lane] = self._lanes.values()
+        else:
+            group_lanes = self._group_lanes.get(group)
+            if not group_lanes:
+                return 0
+            lanes = group_lanes.values()
+        exclude = self.users.get(exclude_id) if exclude_id is not None else None
+        if not self._headed:
+            return self.send_all(payload, is_binary, exclude, lanes)
+        headed = header(group, epoch, offset) + payload
+        replaying = self._replaying.get(group)
+        sent = self.send_split(payload, headed, is_binary, exclude, lanes, replaying)
+        if replaying and offset is not None:
+            replayer = self._replayer
+            assert replayer is not None
+            for replay in list(replaying.values()):
+                if replay.conn is not exclude and not replay.hold(offset, is_binary, headed):
+                    replayer.give_up(replay, offset)
+        return sent
+
+    def wants_headers(self, offered: Iterable[str]) -> str | None:
+        """The subprotocol a connection offering ``offered`` gets: ``fws.v1`` with ``--history``."""
+        if self.history is not None and SUBPROTOCOL in offered:
+            return SUBPROTOCOL
+        return None
+
+    def resume(self, conn: FwsServerProtocol, positions: dict[str, tuple[str, int]]) -> None:
+        """
+        Rejoin the groups a reconnecting ``fws.v1`` client names, replaying
+        what it missed of each (see :mod:`fws.history`). A token group is
+        joined as ``token:NAME`` would be, refused as it would be (the same
+        reply); ``*`` and pub/sub channels need no joining.
+        """
+        history, replayer = self.history, self._replayer
+        if history is None or replayer is None:
+            return
+        from fws.filters.broadcast_messages_by_token import join_refusal
+
+        modules = self.pipeline.modules
+        token_groups = "fws.filters.broadcast_messages_by_token" in modules
+        channels = "fws.filters.broadcast_pubsub" in modules
+        for group, (epoch, offset) in positions.items():
+            joins = not (group == EVERYONE or history.is_channel(group)
+                         or (channels and not token_groups))
+            if joins:
+                if conn.token is not None and conn.token != group:
+                    refusal: str | None = ("Error: a connection is in one broadcast group at a "
+                                           f"time: {group}")
+                else:
+                    refusal = join_refusal(conn, group)
+                if refusal is not None:
+                    conn.sendMessage(refusal)
+                    continue
+            replay = Replay(conn, group, epoch, offset)
+            # Skipped by live delivery from now on: what comes meanwhile is held.
+            self._replaying.setdefault(group, {})[conn.id] = replay
+            if conn._replays is None:
+                conn._replays = []
+            conn._replays.append(replay)
+            if joins:
+                self.join_group(conn, group)
+            replayer.start(replay)
+
+    def history_fenced(self, fence: str) -> None:
+        """A replay's fence came back from the history store (Redis): see :class:`fws.history.Replayer`."""
+        if self._replayer is not None:
+            self._replayer.fenced(fence)
+
+    def replay_done(self, replay: Replay) -> None:
+        """``replay`` has ended: its connection gets the group's live messages again."""
+        replaying = self._replaying.get(replay.group)
+        if replaying is not None and replaying.get(replay.conn.id) is replay:
+            del replaying[replay.conn.id]
+            if not replaying:
+                del self._replaying[replay.group]
+        replays = getattr(replay.conn, "_replays", None)
+        if replays and replay in replays:
+            replays.remove(replay)
+
+    def _end_replay(self, replay: Replay) -> None:
+        if self._replayer is not None:
+            self._replayer.cancel(replay)
+        self.replay_done(replay)
 
     # --- pub/sub -------------------------------------------------------------------------
 

@@ -107,6 +107,12 @@ class Limits:
     drain_period: float = 2.0
     max_groups_per_connection: int = 32
     group_claim: str | None = None
+    #: Messages kept per group for resume (fws.history); 0: none, no fws.v1.
+    history_size: int = 0
+    #: Seconds a kept message stays resumable.
+    history_ttl: float = 300.0
+    #: Bytes of payload the memory history keeps on this node, all groups together.
+    history_max_bytes: int = 64 * MiB
 
     def protocol_options(self) -> dict[str, Any]:
         """The Autobahn protocol options these limits stand for."""
@@ -218,7 +224,32 @@ def limits_from_options(values: Mapping[str, Any]) -> Limits:
         drain_period=float(merged["drain_period"]),
         max_groups_per_connection=int(merged["max_groups_per_connection"]),
         group_claim=values.get("group_claim") or None,
+        **_history(values),
     )
+
+
+#: The most messages ``--history`` keeps per group, and the longest ``--history-ttl``.
+HISTORY_SIZE_CAP = 100_000
+HISTORY_TTL_CAP = 86400.0
+
+
+def _history(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``--history``, ``--history-ttl`` and ``--history-max-bytes``, checked against their caps."""
+    defaults = Limits()
+    size = values.get("history_size")
+    size = defaults.history_size if size is None else size
+    ttl = values.get("history_ttl")
+    ttl = defaults.history_ttl if ttl is None else ttl
+    most = values.get("history_max_bytes")
+    most = defaults.history_max_bytes if most is None else most
+    if not 0 <= size <= HISTORY_SIZE_CAP:
+        raise LimitError(f"history must be between 0 and {HISTORY_SIZE_CAP} messages, not {size}")
+    if not 0 < ttl <= HISTORY_TTL_CAP:
+        raise LimitError(f"history_ttl must be more than 0 and at most {HISTORY_TTL_CAP:g} "
+                         f"seconds, not {ttl}")
+    if most <= 0:
+        raise LimitError(f"history_max_bytes must be positive, not {most}")
+    return {"history_size": int(size), "history_ttl": float(ttl), "history_max_bytes": int(most)}
 
 
 def _frame_budget(values: Mapping[str, Any], message_rate: float) -> tuple[float, int]:

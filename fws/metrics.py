@@ -108,7 +108,7 @@ class Stats:
     __slots__ = ("opened", "closed", "refused", "messages_in", "bytes_in", "messages_out",
                  "bytes_out", "broadcasts", "deliveries", "slow_consumer_closes",
                  "slow_consumer_drops", "limit_hits", "pubsub_received", "relayed_received",
-                 "started")
+                 "started", "replays", "replayed", "recovered", "not_recovered")
 
     def __init__(self) -> None:
         self.opened = 0
@@ -126,6 +126,12 @@ class Stats:
         self.pubsub_received = 0
         self.relayed_received = 0
         self.started = time.time()
+        #: With --history (fws.history): resumes of a group, messages they replayed,
+        #: and how they ended.
+        self.replays = 0
+        self.replayed = 0
+        self.recovered = 0
+        self.not_recovered = 0
 
     def hit(self, limit: str) -> None:
         """Count one action of limit ``limit``."""
@@ -194,6 +200,27 @@ class FwsCollector(Collector):
                       "Pub/sub messages fed to the consumer chain.", stats.pubsub_received)
         yield counter("fws_relayed_broadcasts_received",
                       "Broadcasts relayed by other nodes through Redis.", stats.relayed_received)
+        history = getattr(factory, "history", None)
+        if history is not None:
+            kept = history.collect()
+            yield counter("fws_history_messages_kept",
+                          "Group messages kept for resume (--history) by this node.",
+                          kept.get("kept", 0))
+            for name in ("groups", "messages", "bytes"):
+                if name in kept:
+                    yield GaugeMetricFamily(f"fws_history_{name}",
+                                            f"History {name} this node keeps now (memory).",
+                                            value=kept[name])
+            yield counter("fws_history_replays", "Groups resumed by reconnecting clients.",
+                          stats.replays)
+            yield counter("fws_history_messages_replayed",
+                          "Messages replayed to resuming clients.", stats.replayed)
+            outcomes = CounterMetricFamily("fws_history_resumes",
+                                           "Resumes that ended, by whether every missed "
+                                           "message was replayed.", labels=["recovered"])
+            outcomes.add_metric(["true"], stats.recovered)
+            outcomes.add_metric(["false"], stats.not_recovered)
+            yield outcomes
         yield GaugeMetricFamily("fws_start_time_seconds", "When this server started (Unix time).",
                                 value=stats.started)
         if self.service is not None:

@@ -23,11 +23,14 @@ from fws._wire.payload import normalize_payload
 from fws._wire.protocol import WireHost, WireProtocol
 from fws.connection import CloseInfo, Server
 from fws.filters.base import Refuse
+from fws.history import RESUME_PARAM, SUBPROTOCOL, Replay, ResumeError, parse_resume
 from fws.limits import CLOSE_POLICY, TokenBucket, origin_allowed
 from fws.ordered import MAX_BACKLOG, Ordered
 from fws.pipeline import FAILED, run_chain
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
     from fws.pipeline import FilterPipeline
     from fws.storage_objects import StorageObject
 
@@ -58,6 +61,11 @@ class ConnectionHost(WireHost, Server, Protocol):
     def register(self, conn: FwsServerProtocol) -> None: ...
     def unregister(self, conn: FwsServerProtocol) -> None: ...
     def disconnect_finished(self, result: Any, conn: FwsServerProtocol) -> Any: ...
+    def wants_headers(self, offered: Iterable[str]) -> str | None: ...
+    def resume(self, conn: FwsServerProtocol, positions: dict[str, tuple[str, int]]) -> None: ...
+
+    @property
+    def history(self) -> Any: ...
 
 
 _DISCONNECT = object()
@@ -91,6 +99,10 @@ class FwsServerProtocol(WireProtocol):
     _messages: TokenBucket | None = None
     _idle_mark = -1
     _idle_since = 0.0
+    #: With ``--history``: the positions ``?resume=`` named, until the connection opens,
+    #: and the replays of them that run (fws.history).
+    _resume: dict[str, tuple[str, int]] | None = None
+    _replays: list[Replay] | None = None
 
     # --- what filters use ----------------------------------------------------------------
 
@@ -132,6 +144,8 @@ class FwsServerProtocol(WireProtocol):
         ):
             factory.stats.hit("max_connections_per_ip")
             raise ConnectionDeny(429, "too many connections from this address")
+        if factory.history is not None and RESUME_PARAM in request.params:
+            self._take_resume(request)
         chain = factory.pipeline.connect
         if not chain:
             return None
@@ -146,6 +160,25 @@ class FwsServerProtocol(WireProtocol):
             return outcome.addCallbacks(_accept_or_fail, self._deny)
         _accept_or_fail(outcome)
         return None
+
+    def _take_resume(self, request: ConnectionRequest) -> None:
+        """Check ``?resume=`` (with ``--history``): a bad one is refused with 400, saying why."""
+        try:
+            positions = parse_resume(request.params.get(RESUME_PARAM))
+        except ResumeError as e:
+            self.factory.stats.hit("resume")
+            raise ConnectionDeny(400, str(e)) from None
+        if positions and SUBPROTOCOL not in request.protocols:
+            self.factory.stats.hit("resume")
+            raise ConnectionDeny(400, f"resume needs the {SUBPROTOCOL} subprotocol")
+        self._resume = positions or None
+
+    def subprotocol(self, offered: Sequence[str]) -> str | None:
+        """``fws.v1`` when offered and the server keeps history: group messages get headers."""
+        chosen = self.factory.wants_headers(offered)
+        if chosen is not None:
+            self._lane.headed = True
+        return chosen
 
     def _deny(self, failure: Any) -> None:
         error = failure.value
@@ -164,6 +197,9 @@ class FwsServerProtocol(WireProtocol):
         factory.register(self)
         if factory.closing is not None:  # the server is stopping: this one goes too
             self.close(*factory.closing, drain=True)
+        elif self._resume is not None:
+            positions, self._resume = self._resume, None
+            factory.resume(self, positions)
 
     def message(self, payload: bytes, is_binary: bool) -> None:
         """One message: through the rate limit, then the message chain, in arrival order."""

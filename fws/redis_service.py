@@ -47,6 +47,7 @@ Everything runs on the reactor; nothing blocks.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -247,6 +248,24 @@ _REFUSED = frozenset({"auth", "select", "quit", "shutdown", "monitor", "multi", 
 #: What :meth:`RedisService.execute` runs: txredisapi's command methods (not its
 #: protocol machinery, which would run anything), less the refused ones.
 _COMMANDS = COMMAND_METHODS - _REFUSED
+
+
+#: Script text -> its SHA1 (hex, as EVALSHA takes it).
+_SHAS: dict[bytes, bytes] = {}
+
+
+def _bulk(value: str | bytes | int) -> bytes:
+    """One argument of a command as Redis takes it: UTF-8 text, bytes, or a whole number."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return b"%d" % value
+
+
+def _loaded(reply: Any, conn: Any, sha: bytes) -> Any:
+    conn.scripts.add(sha)
+    return reply
 
 
 def _each(method: Callable[[list[bytes]], Deferred[Any]], names: Sequence[bytes]) -> Deferred[Any]:
@@ -703,6 +722,39 @@ class RedisService(Service):
         except Exception as e:
             return fail(e)
         return result
+
+    def run_script(self, script: str, keys: Sequence[str | bytes],
+                   args: Sequence[str | bytes | int]) -> Deferred[Any]:
+        """
+        Run a Lua script on the command connection: what makes several
+        commands one atomic step. Fails as :meth:`execute` does.
+
+        Written straight to the connection as :meth:`publish` is: EVAL until
+        Redis has run the script once on this connection, EVALSHA from then
+        on (and EVAL again if Redis answers NOSCRIPT, its scripts flushed: the
+        scripts in flight at a SCRIPT FLUSH are then run again in the order
+        their NOSCRIPT came back, after any sent meanwhile).
+        """
+        link = self._command_link
+        conn = link.proto if link is not None else None
+        if conn is None or not conn.can_publish:
+            return self.execute("eval", script, list(keys), list(args))
+        body = script.encode()
+        sha = _SHAS.get(body)
+        if sha is None:
+            sha = _SHAS[body] = hashlib.sha1(body).hexdigest().encode()
+        rest = [b"%d" % len(keys), *(_bulk(k) for k in keys), *(_bulk(a) for a in args)]
+        if sha in conn.scripts:
+            d: Deferred[Any] = conn.fast_command(b"EVALSHA", sha, *rest)
+            return d.addErrback(self._noscript, conn, body, sha, rest)
+        return conn.fast_command(b"EVAL", body, *rest).addCallback(_loaded, conn, sha)
+
+    def _noscript(self, failure: Failure, conn: Any, body: bytes, sha: bytes,
+                  rest: list[bytes]) -> Any:
+        if not str(failure.value).startswith("NOSCRIPT") or conn.transport is None:
+            return failure
+        conn.scripts.discard(sha)
+        return conn.fast_command(b"EVAL", body, *rest).addCallback(_loaded, conn, sha)
 
     def publish(self, channel: str | bytes, data: str | bytes) -> Deferred[int]:
         """

@@ -603,6 +603,12 @@ def check_report(service: FwsService) -> str:
     if config.static:
         lines.append(f"static:  {config.static}")
     lines.append(f"storage: {config.storage}")
+    limits = config.limits
+    if limits.history_size:
+        where = ("one Redis Stream per group" if service.factory.storage_object.shared
+                 else "this node's memory")
+        lines.append(f"history: {limits.history_size} messages per group for "
+                     f"{limits.history_ttl:g} s, in {where} (fws.v1 clients can resume)")
     lines.append(f"framing: {framing.DESCRIPTION}")
     lines.append("filters: " + " ".join(config.filters))
     lines.append("pipeline:")

@@ -402,6 +402,12 @@ class FakeServer:
         targets = self._users.values() if recipients is None else recipients
         return self._send_all("local", None, data, binary, exclude, targets)
 
+    def broadcast_channel(self, channel: str, payload: Payload,
+                          isBinary: bool | None = None) -> int:
+        """A pub/sub message of ``channel`` to every user (recorded as ``broadcast``'s)."""
+        data, binary = normalize_payload(payload, isBinary)
+        return self._send_all("local", None, data, binary, None, self._users.values())
+
     def broadcast_all(self, payload: Payload, isBinary: bool | None = None, *,
                       exclude: FakeConnection | None = None) -> int:
         """Send to every user but ``exclude``; recorded as a broadcast and a relay."""

@@ -80,8 +80,9 @@ class Client(WebSocketClientProtocol):
 class ClientFactory(WebSocketClientFactory):
     protocol = Client
 
-    def __init__(self, url: str, reactor: Any, headers: dict[str, str] | None = None) -> None:
-        super().__init__(url, reactor=reactor, headers=headers)
+    def __init__(self, url: str, reactor: Any, headers: dict[str, str] | None = None,
+                 protocols: list[str] | None = None) -> None:
+        super().__init__(url, reactor=reactor, headers=headers, protocols=protocols)
         self.opened: Deferred[Client] = Deferred()
         self.messages: DeferredQueue[tuple[bytes, bool]] = DeferredQueue()
         #: Messages and pings in the order they arrived: ("message" or "ping", payload).
@@ -93,9 +94,12 @@ class ClientFactory(WebSocketClientFactory):
 
 
 async def connect(reactor: Any, port: int, path: str = "/", headers: dict[str, str] | None = None,
-                  **options: Any) -> Client:
-    """Open a real Autobahn client connection; ``options`` are Autobahn protocol options."""
-    factory = ClientFactory(f"ws://127.0.0.1:{port}{path}", reactor, headers)
+                  protocols: list[str] | None = None, **options: Any) -> Client:
+    """
+    Open a real Autobahn client connection offering ``protocols`` (subprotocols);
+    ``options`` are Autobahn protocol options.
+    """
+    factory = ClientFactory(f"ws://127.0.0.1:{port}{path}", reactor, headers, protocols)
     if options:
         factory.setProtocolOptions(**options)
     await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
@@ -148,8 +152,8 @@ class Server:
         return port
 
     async def connect(self, path: str = "/", headers: dict[str, str] | None = None,
-                      **options: Any) -> Client:
-        client = await connect(self.reactor, self.port, path, headers, **options)
+                      protocols: list[str] | None = None, **options: Any) -> Client:
+        client = await connect(self.reactor, self.port, path, headers, protocols, **options)
         self.clients.append(client)
         return client
 

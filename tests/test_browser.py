@@ -10,6 +10,7 @@ never downloads anything.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -180,3 +181,72 @@ def test_the_page_reconnects_and_rejoins(processes: list[FwsProcess], browser: A
         WebDriverWait(page, WAIT).until(
             lambda p: ws.send('{"name": "grace", "text": "welcome back"}')
             or "grace: welcome back" in p.find_element(By.ID, "log").text)
+
+
+def test_the_page_resumes_and_shows_what_it_missed(processes: list[FwsProcess], browser: Any,
+                                                   redis: Any) -> None:
+    """
+    --history on Redis, two nodes: the page's node is killed, messages are sent on the
+    other meanwhile; the node comes back and the page shows every one it missed.
+    """
+    import signal
+
+    from websockets.sync.client import connect
+
+    redis_args = ["--storage", "fws.storage_objects.redis", "--redis-host", "127.0.0.1",
+                  "--redis-port", str(redis.port), "--history", "100", "--drain-period", "0",
+                  "-f", "fws.filters.broadcast_messages_by_token"]
+    first = FwsProcess([])
+    port = first.port
+    args = ["-p", str(port), "-i", "127.0.0.1", "--static", str(CHAT), *redis_args]
+    first.args = args
+    other = FwsProcess([])
+    other.args = ["-p", str(other.port), "-i", "127.0.0.1", *redis_args]
+    processes.extend([first, other])
+    first.start()
+    other.start()
+    page = browser(f"http://127.0.0.1:{port}/")
+    join(page, "ada", "engines")
+    with connect(f"ws://127.0.0.1:{other.port}/") as grace:
+        grace.send("token:engines")
+        assert grace.recv(timeout=WAIT).startswith("Successfully registered")
+        grace.send('{"name": "grace", "text": "before"}')
+        sees(page, "grace: before")
+        say(page, "I will be right back")
+        assert "I will be right back" in grace.recv(timeout=WAIT)  # plain client: no header
+        first.signal(signal.SIGKILL)
+        first.wait()
+        sees(page, "reconnecting")
+        for text in ("while you were away", "and this too"):
+            grace.send(json.dumps({"name": "grace", "text": text}))
+        second = FwsProcess(args, port=port)
+        processes.append(second)
+        second.start()
+        sees(page, "back in room engines (2 missed messages shown)")
+    lines = log_lines(page)
+    assert lines.index("grace: while you were away") < lines.index("grace: and this too")
+    assert lines.index("grace: and this too") < lines.index(
+        "back in room engines (2 missed messages shown)")
+    assert not any(line.startswith("ada:") for line in lines)  # its own message not shown twice
+
+
+def test_the_page_says_when_it_could_not_recover(processes: list[FwsProcess],
+                                                 browser: Any) -> None:
+    """Memory history dies with its node: after a restart the page says it missed messages."""
+    import signal
+
+    first = FwsProcess([])
+    port = first.port
+    args = ["-p", str(port), "-i", "127.0.0.1", "-f", "fws.filters.broadcast_messages_by_token",
+            "--static", str(CHAT), "--drain-period", "0", "--history", "100"]
+    first.args = args
+    processes.append(first)
+    first.start()
+    page = browser(f"http://127.0.0.1:{port}/")
+    join(page, "ada", "engines")
+    first.signal(signal.SIGTERM)
+    assert first.wait(20) == 0
+    second = FwsProcess(args, port=port)
+    processes.append(second)
+    second.start()
+    sees(page, "back in room engines: messages sent while you were away could not be recovered")

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "docs" / "deploy"
 
 
-def start_nodes(processes: list[FwsProcess], redis: RedisProcess) -> dict[str, int]:
+def start_nodes(processes: list[FwsProcess], redis: RedisProcess,
+                *extra: str) -> dict[str, int]:
     ports = {"9001": free_port(), "9002": free_port(), "9101": free_port(), "9102": free_port(),
              "8080": free_port()}
     for node, admin in (("9001", "9101"), ("9002", "9102")):
@@ -32,7 +33,7 @@ def start_nodes(processes: list[FwsProcess], redis: RedisProcess) -> dict[str, i
                            "--storage", "fws.storage_objects.redis", "--redis-host", "127.0.0.1",
                            "--redis-port", str(redis.port), "--trusted-proxies", "127.0.0.1",
                            "--admin", f"tcp:{ports[admin]}:interface=127.0.0.1",
-                           "--drain-period", "0"], port=ports[node])
+                           "--drain-period", "0", *extra], port=ports[node])
         processes.append(proc)
         proc.start()
         proc.wait_for_line("Redis ready at")
@@ -125,3 +126,64 @@ def test_haproxy_config(tmp_path: Path, redis: RedisProcess, processes: list[Fws
     survive_node_stop(url, nodes)
     # ... and the health check saw the node go: HAProxy says so on its log.
     proxy.wait_for_line("node1 is DOWN")
+
+
+def test_haproxy_node_killed_client_resumes(tmp_path: Path, redis: RedisProcess,
+                                            processes: list[FwsProcess]) -> None:
+    """
+    --history behind HAProxy: the node a fws.v1 client is on is killed; the client
+    reconnects through the proxy with ?resume= and gets what the room said meanwhile.
+    """
+    import json
+    import time
+    from urllib.parse import quote
+
+    haproxy = program("haproxy", "haproxy")
+    ports = start_nodes(processes, redis, "--history", "100")
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(with_ports((DEPLOY / "haproxy.cfg").read_text(), ports)
+                      .replace("inter 2s", "inter 200ms"))
+    proxy = FwsProcess(["-db", "-f", str(config)], command=[haproxy], port=ports["8080"])
+    processes.append(proxy)
+    proxy.start(wait=False)
+    proxy.wait_for_port(ports["8080"])
+    nodes = processes[:2]
+    url = f"ws://127.0.0.1:{ports['8080']}/"
+    with ExitStack() as stack:
+        reader = stack.enter_context(ws_connect(url, subprotocols=["fws.v1"], open_timeout=10))
+        assert reader.subprotocol == "fws.v1"
+        reader.send("token:room")
+        assert reader.recv(timeout=10).startswith("Successfully registered")
+        deadline = time.monotonic() + 10
+        while not any("open from" in line for node in nodes for line in node.lines()):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        [doomed] = [node for node in nodes if any("open from" in line for line in node.lines())]
+        [other] = [node for node in nodes if node is not doomed]
+        sender = join(stack, f"ws://127.0.0.1:{other.port}/", "room")
+        deadline = time.monotonic() + 10
+        while redis.command("SCARD", "fws:group:room") != b":2":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        sender.send("before")
+        line, _, body = reader.recv(timeout=10).partition("\n")
+        head = json.loads(line)
+        assert body == "before" and head["offset"] == 1
+        doomed.signal(signal.SIGKILL)
+        doomed.wait()
+        for text in ("missed one", "missed two"):
+            sender.send(text)
+        resume = "?resume=" + quote(json.dumps({"room": [head["epoch"], 1]}))
+        deadline = time.monotonic() + 15
+        while True:  # until HAProxy's checks have seen the node go
+            try:
+                back = stack.enter_context(ws_connect(url + resume, subprotocols=["fws.v1"],
+                                                      open_timeout=5))
+                break
+            except Exception:  # refused, or a 503 while HAProxy still sends to the dead node
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        got = [back.recv(timeout=10).partition("\n")[2] for _ in range(2)]
+        assert got == ["missed one", "missed two"]
+        assert json.loads(back.recv(timeout=10)) == {
+            "group": "room", "recovered": True, "epoch": head["epoch"], "offset": 3}

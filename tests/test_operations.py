@@ -248,10 +248,11 @@ async def test_metrics_count_what_happened(reactor: Any, tmp_path: Path,
         assert sample(text, "fws_filter_seconds_count", **broadcast) == 1  # not after the error
         assert sample(text, "fws_filter_errors_total", **broadcast) == 0
         assert sample(text, "fws_filter_seconds_bucket", le="+Inf", **boom) == 2
-        # Everything the docs list is exported (the Redis ones only with Redis), no more.
+        # Everything the docs list is exported (the Redis ones only with Redis, the
+        # history ones only with --history: tests/test_history.py), no more.
         assert exported(text) <= documented()
         assert {n for n in documented() - exported(text)} == {
-            n for n in documented() if n.startswith("fws_redis_")}
+            n for n in documented() if n.startswith(("fws_redis_", "fws_history_"))}
     finally:
         await server.stop()
 

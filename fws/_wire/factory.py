@@ -13,7 +13,7 @@ lane. It knows nothing of users, groups or filters:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from typing import Any, Generic, TypeVar
 
 from autobahn.twisted.websocket import WebSocketServerFactory
@@ -274,6 +274,63 @@ class WireFactory(WebSocketServerFactory, Generic[P]):
             stats.deliveries += sent
             stats.messages_out += sent
             stats.bytes_out += sent * len(frame)
+        if dirty and self._flush_call is None:
+            self._schedule_flush()
+        return sent
+
+    def send_split(self, data: bytes, headed: bytes, binary: bool, exclude: WireProtocol | None,
+                   lanes: Iterable[Lane], skip: Container[str] | None = None) -> int:
+        """
+        :meth:`send_all` of one message that has two forms: ``headed`` (a
+        header, then the payload) for the lanes that take headers
+        (``lane.headed``), ``data`` for the others. Each form is framed once,
+        so the header costs once per message, not once per recipient.
+
+        :param skip: Ids of headed recipients not to send to (their history is
+            being replayed: they get the message after the replay).
+        """
+        targets = tuple(lanes)
+        if not targets:
+            return 0
+        plain_prepared = self.prepareMessage(data, binary)
+        headed_prepared = self.prepareMessage(headed, binary)
+        plain, with_header = plain_prepared.payloadHybi, headed_prepared.payloadHybi
+        dirty = self._dirty
+        sent = size = 0
+        open_state = WireProtocol.STATE_OPEN
+        for lane in targets:
+            conn = lane.conn
+            if conn is exclude:
+                continue
+            if lane.headed:
+                if skip and conn.id in skip:
+                    continue
+                frame, prepared = with_header, headed_prepared
+            else:
+                frame, prepared = plain, plain_prepared
+            if not lane.ok:
+                if conn.state != open_state or lane.full:
+                    continue
+                if conn._perMessageCompress is not None:
+                    conn.sendPreparedMessage(prepared)
+                    sent += 1
+                    continue
+            out = lane.out
+            if out is None:
+                lane.out = frame
+                dirty.append(lane)
+            elif out.__class__ is list:
+                out.append(frame)
+            else:
+                lane.out = [out, frame]  # type: ignore[list-item]
+            sent += 1
+            size += len(frame)
+        if sent:
+            stats = self.stats
+            stats.broadcasts += 1
+            stats.deliveries += sent
+            stats.messages_out += sent
+            stats.bytes_out += size
         if dirty and self._flush_call is None:
             self._schedule_flush()
         return sent

@@ -100,7 +100,8 @@ class Lane:
     recipients, the transport), and then sees a connection that is closed.
     """
 
-    __slots__ = ("blocked", "conn", "dropped", "full", "ok", "out", "slow", "sock", "unsent")
+    __slots__ = ("blocked", "conn", "dropped", "full", "headed", "ok", "out", "slow", "sock",
+                 "unsent")
 
     def __init__(self, conn: LaneOwner) -> None:
         self.conn = conn
@@ -118,6 +119,10 @@ class Lane:
         self.dropped = 0
         #: Over ``--max-send-buffer`` and being closed: nothing more is counted.
         self.slow = False
+        #: The client takes group messages with a header (the ``fws.v1``
+        #: subprotocol): :meth:`fws._wire.factory.WireFactory.send_split` sends it
+        #: the headed frame, everyone else the plain one.
+        self.headed = False
 
     def write_out(self) -> None:
         """

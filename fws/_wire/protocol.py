@@ -8,8 +8,8 @@ frame passes, the outbound lane (:class:`fws._wire.outbound.Lane`), the close
 handshake as RFC 6455 wants it (bad close frames answered, 1014 accepted,
 lingering and draining closes bounded), and the memory Autobahn would keep
 per connection that fws never reads. It knows nothing of filters, users or
-groups: it tells the layer above about the connection's life through four
-upcalls, :class:`Upcalls` (``admit``, ``opened``, ``message``, ``closed``),
+groups: it tells the layer above about the connection's life through five
+upcalls, :class:`Upcalls` (``admit``, ``subprotocol``, ``opened``, ``message``, ``closed``),
 which :class:`fws.protocol.FwsServerProtocol` implements.
 """
 
@@ -69,6 +69,13 @@ class Upcalls(Protocol):
 
     def closed(self, info: CloseInfo) -> None:
         """A connection that was open is closed (once, after its last message)."""
+
+    def subprotocol(self, offered: Sequence[str]) -> str | None:
+        """
+        Of the subprotocols the client offered (``Sec-WebSocket-Protocol``,
+        in its order), the one to accept, or ``None``; asked once the request
+        is admitted.
+        """
 
 
 class WireHost(Protocol):
@@ -320,7 +327,7 @@ class WireProtocol(WebSocketServerProtocol):
     """
     Autobahn's server protocol with fws's wire: see the module's docstring.
 
-    The layer above overrides the four :class:`Upcalls`; the defaults accept
+    The layer above overrides the five :class:`Upcalls`; the defaults accept
     every connection and do nothing with it.
     """
 
@@ -412,12 +419,21 @@ class WireProtocol(WebSocketServerProtocol):
     def closed(self, info: CloseInfo) -> None:
         return None
 
+    def subprotocol(self, offered: Sequence[str]) -> str | None:
+        """The subprotocol to accept of those the client offered, once admitted (none)."""
+        return None
+
     # --- sending ---------------------------------------------------------------------------
 
     @property
     def send_full(self) -> bool:
         """True while the client is ``--max-send-buffer`` behind and messages to it are dropped."""
         return self._lane.full
+
+    @property
+    def send_blocked(self) -> bool:
+        """True while the client does not read (its transport paused fws's writes)."""
+        return self._lane.blocked
 
     def sendMessage(
         self,
@@ -944,6 +960,11 @@ class WireProtocol(WebSocketServerProtocol):
             transport.abortConnection()
 
     def onConnect(self, request: ConnectionRequest) -> Any:
+        """
+        Admit the request (:meth:`admit`), then answer with the subprotocol
+        :meth:`subprotocol` chose from the client's offers (Autobahn puts a
+        string returned here in ``Sec-WebSocket-Protocol``; ``None``: none).
+        """
         self.factory.strings.share_request(request)  # the open connection keeps it
         self.request = request
         try:
@@ -953,7 +974,11 @@ class WireProtocol(WebSocketServerProtocol):
             raise
         if outcome is not None and isinstance(outcome, Deferred):
             outcome.addErrback(self._refused_later)
-        return outcome
+            return outcome.addCallback(self._chosen, request)
+        return self.subprotocol(request.protocols) if request.protocols else None
+
+    def _chosen(self, _: Any, request: ConnectionRequest) -> str | None:
+        return self.subprotocol(request.protocols) if request.protocols else None
 
     def _refused(self, deny: ConnectionDeny) -> None:
         # Counted here; logged in failHandshake, which Autobahn calls next.

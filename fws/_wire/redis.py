@@ -125,6 +125,8 @@ class CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]  # txredi
         self._watch_mark = 0
         self._watchdog: IDelayedCall | None = None
         self._lost_with: Exception | None = None
+        #: SHA1s of the scripts Redis has run for this connection (EVALSHA from then on).
+        self.scripts: set[bytes] = set()
 
     # --- the fast PUBLISH ----------------------------------------------------------------
 
@@ -143,6 +145,20 @@ class CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]  # txredi
         self.transport.write(b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
                              % (len(channel), channel, len(data), data))
         result: Deferred[int] = Deferred()
+        self._order.append(result)
+        if self._watchdog is None:
+            self._watch()
+        return result
+
+    def fast_command(self, *args: bytes) -> Deferred[Any]:
+        """
+        Any command of bulk-string arguments, written as :meth:`fast_publish`
+        writes PUBLISH (fws's history scripts: EVAL and EVALSHA); fires with
+        the reply, fails with Redis's error.
+        """
+        self.transport.write(b"*%d\r\n" % len(args) + b"".join(
+            b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args))
+        result: Deferred[Any] = Deferred()
         self._order.append(result)
         if self._watchdog is None:
             self._watch()

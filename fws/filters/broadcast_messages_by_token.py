@@ -42,7 +42,7 @@ class BroadcastMessagesByToken(WebSocketMessageFilter):
         match = TOKEN.search(data) if b"token:" in data else None
         if match is not None:
             name = match.group(1).decode("utf-8", "replace")
-            refusal = _refusal(conn, name)
+            refusal = join_refusal(conn, name)
             if refusal is not None:
                 conn.sendMessage(refusal)
                 return
@@ -56,9 +56,14 @@ class BroadcastMessagesByToken(WebSocketMessageFilter):
 
 
 
-def _refusal(conn: Any, name: str) -> str | None:
-    """Why ``conn`` may not join group ``name``, or ``None`` if it may."""
+def join_refusal(conn: Any, name: str) -> str | None:
+    """
+    Why ``conn`` may not join group ``name`` (the reply it gets), or ``None``
+    if it may; a resume (:mod:`fws.history`) asks the same.
+    """
     limits = conn.factory.limits
+    if name == "*" and limits.history_size:
+        return NOT_ALLOWED.format(name)  # the group of everyone, with history
     if limits.group_claim is not None:
         allowed = (conn.claims or {}).get(limits.group_claim)
         if isinstance(allowed, str):
@@ -74,3 +79,6 @@ def _refusal(conn: Any, name: str) -> str | None:
             return TOO_MANY
         joined.add(name)
     return None
+
+
+_refusal = join_refusal  # the name of earlier releases

@@ -12,5 +12,6 @@ class BroadcastPubSub(WebSocketConsumerFilter):
 
     @staticmethod
     def filter(web_socket_instance: Any, data: dict[str, Any]) -> None:
-        # Every node receives the pub/sub message itself: deliver locally only.
-        web_socket_instance.broadcast(data["data"])
+        # Every node receives the pub/sub message itself: deliver locally only
+        # (with --history, as a message of the channel's group: fws.history).
+        web_socket_instance.broadcast_channel(data["channel"], data["data"])

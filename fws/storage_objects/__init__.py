@@ -103,6 +103,13 @@ class StorageObject(Protocol):
         """What ``/readyz`` says about the storage besides its health (e.g. which Redis
         master it is on); empty for none."""
 
+    def history(self, server: Any, reactor: Any, limits: Any) -> Any:
+        """
+        With ``--history``: the :class:`fws.history.HistoryStore` this storage
+        keeps group messages in for ``server``, or ``None`` for the node's
+        own memory (:class:`fws.history.MemoryHistory`).
+        """
+
     # It is a Twisted IService too: it joins the tree, and connects when started.
 
     def setServiceParent(self, parent: Any) -> Any:
@@ -147,6 +154,9 @@ class StorageBase:
 
     def details(self) -> Mapping[str, str]:
         return {}
+
+    def history(self, server: Any, reactor: Any, limits: Any) -> Any:
+        return None
 
 
 class Members(set[bytes]):
@@ -217,7 +227,7 @@ def subscript_problem(module: ModuleType, storage: str | None) -> str | None:
 #: What every storage object must have itself (the filter-facing methods and attach).
 REQUIRED = ("attach", "get", "add", "remove", "publish")
 _DEFAULTS = ("shared", "health", "relay", "member_joined", "member_left", "collect_metrics",
-             "details")
+             "details", "history")
 
 
 def complete(storage: Any, name: str) -> StorageObject:

@@ -15,6 +15,9 @@ Keys and channels (``K`` is ``--redis_key``, default ``fws``):
 ``K:node:<id>:groups``         the groups a node has members in (for clean-up)
 ``K:nodes``                    ids of the nodes that may have members
 channel ``K:bus``              broadcasts relayed between nodes (internal)
+``K:hist:<group>``             with ``--history``: a Redis Stream of the group's last
+                               messages (entry id ``<offset>-<ms>``, fields ``b``, ``p``)
+``K:histpos:<group>``          with ``--history``: the group's epoch and last offset
 ``--redis_channels``           the user's channels (default ``global``), fed to the
                                consumer chain; glob patterns (``news.*``) use PSUBSCRIBE
 =============================  ==========================================================
@@ -26,6 +29,12 @@ sender.  While Redis is down, local delivery goes on and relays fail fast
 (counted and logged); pub/sub messages published during an outage are lost
 (Redis pub/sub keeps nothing).
 
+With ``--history`` (:class:`RedisHistory`), a message to a token group or
+to everyone is not written locally: one Lua script gives it the group's next
+offset, adds it to the group's stream and publishes it on ``K:bus``, and
+every node, the sender's included, delivers it from there; so every member
+on every node sees the group's messages in one order, offset after offset.
+
 ``storage_object[key]``, the 2014 read, cannot be answered without waiting
 for Redis (2014 blocked the whole server for it): a filter module that reads
 it is refused when it is loaded (and so by ``--check``), and a read that gets
@@ -35,8 +44,9 @@ past that raises a ``TypeError`` saying what to write instead
 
 from __future__ import annotations
 
+import fnmatch
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, NoReturn
 
@@ -47,6 +57,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from fws.config import ConfigError, Option
+from fws.history import PAGE_BYTES, Page, new_epoch
 from fws.redis_sentinel import MAX_SENTINELS, SENTINEL_PORT, check_master_name, parse_sentinels
 from fws.redis_service import (
     RedisAddress,
@@ -138,6 +149,18 @@ class RedisStorage(StorageBase, MultiService):
         self._relay_failures = 0
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = reactor
+        self._history: RedisHistory | None = None
+        self._channels = [c for c in channels if not GLOB & set(c)]
+        self._patterns = [c for c in channels if GLOB & set(c)]
+
+    def history(self, server: Any, reactor: Any, limits: Any) -> RedisHistory:
+        """With ``--history``: one Redis Stream per group, shared by every node."""
+        self._history = RedisHistory(self, server, limits.history_size, limits.history_ttl)
+        return self._history
+
+    def is_channel(self, name: str) -> bool:
+        """Whether ``name`` is one of the pub/sub channels (or patterns) this node subscribes to."""
+        return name in self._channels or any(fnmatch.fnmatchcase(name, p) for p in self._patterns)
 
     # --- wiring ------------------------------------------------------------------------
 
@@ -262,8 +285,25 @@ class RedisStorage(StorageBase, MultiService):
         if channel == self.bus and pattern is None:
             header, _, payload = data.partition(b"\n")
             try:
-                origin, group, exclude_id, is_binary = json.loads(header)
-            except ValueError:
+                parts = json.loads(header)
+                if len(parts) == 6:  # a group message with its place in the history
+                    origin, group, exclude_id, is_binary, epoch, offset = parts
+                    history = self._history
+                    if history is not None:
+                        history.deliver(group, str(epoch), int(offset), exclude_id,
+                                        bool(is_binary), payload)
+                    elif origin != self.node_id:
+                        # A node without --history (a rolling change): as a plain relay.
+                        server.deliver_relayed(None if group == "*" else group, exclude_id,
+                                               bool(is_binary), payload)
+                    return
+                if len(parts) == 3:  # a replay's fence: deliveries are past its read
+                    _, origin, fence = parts
+                    if origin == self.node_id and self._history is not None:
+                        self._history.server.history_fenced(str(fence))
+                    return
+                origin, group, exclude_id, is_binary = parts
+            except (ValueError, TypeError):
                 log.warn("ignoring a malformed message on {bus}", bus=self.bus.decode())
                 return
             if origin != self.node_id:
@@ -338,6 +378,144 @@ class RedisStorage(StorageBase, MultiService):
         await execute("srem", self._k("nodes"), [node_id])
 
 
+#: KEYS: stream, position, bus. ARGV: SIZE, TTL in ms, an epoch for a group that has
+#: none, the bus header so far, binary flag, payload. Gives the message the group's
+#: next offset, keeps it, and publishes it on the bus: one atomic step, so the bus
+#: carries every group's messages in offset order.
+APPEND = """
+local epoch = redis.call('HGET', KEYS[2], 'e')
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[2], 'o', 1)
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%d-%d', offset, ms),
+           'b', ARGV[5], 'p', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('PUBLISH', KEYS[3], ARGV[4] .. cjson.encode(epoch) .. ',' ..
+           string.format('%d', offset) .. ']\\n' .. ARGV[6])
+return offset
+"""
+
+#: KEYS: stream, position, bus. ARGV: after, count, an epoch for a group that has none,
+#: TTL in ms, the fence to publish ('' for none), page bytes. The group's epoch, last
+#: offset, up to count entries after ``after`` (ending with the first that reaches page
+#: bytes of payload), Redis's clock, and whether nothing more is kept; the fence goes down
+#: the bus in the same step, so that it follows every message this read can see.
+READ = """
+local epoch = redis.call('HGET', KEYS[2], 'e')
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0)
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+local last = redis.call('HGET', KEYS[2], 'o')
+local entries = redis.call('XRANGE', KEYS[1], string.format('%d-0', tonumber(ARGV[1]) + 1), '+',
+                           'COUNT', ARGV[2])
+local size, cut = 0, #entries
+for i, entry in ipairs(entries) do
+  local fields = entry[2]
+  for j = 1, #fields, 2 do
+    if fields[j] == 'p' then size = size + #fields[j + 1] end
+  end
+  if size >= tonumber(ARGV[6]) then cut = i break end
+end
+local complete = 0
+if #entries < tonumber(ARGV[2]) and cut == #entries then complete = 1 end
+while #entries > cut do table.remove(entries) end
+if ARGV[5] ~= '' then
+  redis.call('PUBLISH', KEYS[3], ARGV[5])
+end
+local t = redis.call('TIME')
+return {epoch, last, entries, t[1], t[2], complete}
+"""
+
+
+class RedisHistory:
+    """
+    :class:`fws.history.HistoryStore` on Redis: one stream per group, shared
+    by every node (see the module's documentation). Pub/sub channels are not
+    kept (every node receives their messages itself, with nothing to tell one
+    copy from another): their messages reach ``fws.v1`` clients with a header
+    whose epoch and offset are ``null``, as do group messages while Redis is
+    unavailable, which are then delivered on this node only.
+    """
+
+    fences = True
+
+    def __init__(self, storage: RedisStorage, server: Any, size: int, ttl: float) -> None:
+        self.storage = storage
+        self.server = server
+        self.size = size
+        self.ttl_ms = max(1, int(ttl * 1000))
+        self.kept = 0
+        self.failures = 0
+
+    def _keys(self, group: str) -> list[str | bytes]:
+        key = self.storage.key
+        return [f"{key}:hist:{group}", f"{key}:histpos:{group}", self.storage.bus]
+
+    def is_channel(self, group: str) -> bool:
+        return self.storage.is_channel(group)
+
+    def record(self, group: str, exclude_id: str | None, is_binary: bool, payload: bytes,
+               channel: bool = False) -> int:
+        if channel:
+            return int(self.server.deliver_history(group, None, None, None, is_binary, payload,
+                                                   True))
+        start = json.dumps([self.storage.node_id, group, exclude_id, is_binary],
+                           separators=(",", ":"))[:-1] + ","
+        d = self.storage.redis.run_script(APPEND, self._keys(group), [
+            self.size, self.ttl_ms, new_epoch(), start, b"1" if is_binary else b"0", payload])
+        d.addCallbacks(self._kept, self._not_kept,
+                       errbackArgs=(group, exclude_id, is_binary, payload))
+        return 0
+
+    def _kept(self, _: Any) -> None:
+        self.kept += 1
+
+    def _not_kept(self, failure: Any, group: str, exclude_id: str | None, is_binary: bool,
+                  payload: bytes) -> None:
+        """Redis did not take it: this node's members get it, without a place in the history."""
+        self.failures += 1
+        if not failure.check(RedisConnectionError) and (
+                self.failures == 1 or self.failures % 1000 == 0):
+            log.warn("could not keep group messages in Redis ({count} so far): {reason}",
+                     count=self.failures, reason=failure.getErrorMessage())
+        self.server.deliver_history(group, None, None, exclude_id, is_binary, payload)
+
+    def deliver(self, group: str, epoch: str, offset: int, exclude_id: str | None,
+                is_binary: bool, payload: bytes) -> None:
+        """A kept group message from the bus (any node's, this one's too)."""
+        self.server.deliver_history(group, epoch, offset, exclude_id, is_binary, payload)
+
+    def read(self, group: str, after: int, count: int, fence: str) -> Deferred[Page]:
+        message = json.dumps(["fence", self.storage.node_id, fence]) if fence else ""
+        d = self.storage.redis.run_script(READ, self._keys(group), [
+            after, count, new_epoch(), self.ttl_ms, message, PAGE_BYTES])
+        return d.addCallback(self._page)
+
+    @staticmethod
+    def _page(reply: Any) -> Page:
+        epoch, last, entries, seconds, micros, complete = reply
+        page = []
+        for entry_id, fields in entries or ():
+            offset, _, ms = entry_id.partition(b"-")
+            values = dict(zip(fields[::2], fields[1::2]))
+            page.append((int(offset), int(ms) / 1000.0, values.get(b"b") == b"1",
+                         values.get(b"p", b"")))
+        return Page(epoch.decode(), int(last or 0), page, int(seconds) + int(micros) / 1e6,
+                    bool(int(complete)))
+
+    def collect(self) -> Mapping[str, int]:
+        return {"kept": self.kept}
+
+
 def make_storage_object(config: Any, reactor: Any) -> RedisStorage:
     """Storage-module entry point: build (not start) the Redis storage object."""
     options = config.storage_options
@@ -405,4 +583,4 @@ def make_storage_object(config: Any, reactor: Any) -> RedisStorage:
                         sentinel_timeout=timeouts["redis_sentinel_timeout"])
 
 
-__all__ = ["OPTIONS", "RedisStorage", "RedisUnavailable", "make_storage_object"]
+__all__ = ["OPTIONS", "RedisHistory", "RedisStorage", "RedisUnavailable", "make_storage_object"]
