@@ -131,14 +131,12 @@ class BucketTimer:
                 continue  # cancelled after its bucket came due (by an earlier call of it)
             call._timer = None
             try:
+                args = call._args if call._self is _NO_SELF else (call._self, *call._args)
                 kwargs = call._kwargs
-                bound = call._self
-                if bound is not _NO_SELF:
-                    call._func(bound, *call._args, **(kwargs or {}))
-                elif kwargs is None:
-                    call._func(*call._args)
+                if kwargs is None:
+                    call._func(*args)
                 else:
-                    call._func(*call._args, **kwargs)
+                    call._func(*args, **kwargs)
             except Exception:
                 _log.failure("timer call {func!r} failed", func=call._func)
         if rest:
