@@ -321,8 +321,8 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         history = self.history
         if history is not None:
             return history.record(group, exclude.id if exclude is not None else None, binary, data)
-        lanes = self._group_lanes.get(group)
-        sent = self.send_all(data, binary, exclude, lanes.values()) if lanes else 0
+        lanes = self._lanes_of(group)
+        sent = self.send_all(data, binary, exclude, lanes) if lanes is not None else 0
         if self._relay is not None:
             self._relay(group, exclude.id if exclude is not None else None, binary, data)
         return sent
@@ -337,15 +337,21 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         :param exclude_id: Id of the sender, never sent back to.
         """
         self.stats.relayed_received += 1
+        lanes = self._lanes_of(group)
+        if lanes is None:
+            return 0
+        return self.send_all(payload, is_binary, self._user(exclude_id), lanes)
+
+    def _lanes_of(self, group: str | None) -> Iterable[Lane] | None:
+        """The lanes of token group ``group``'s local members (every user's for ``None``); None: none here."""
         if group is None:
-            lanes: Iterable[Lane] = self._lanes.values()
-        else:
-            group_lanes = self._group_lanes.get(group)
-            if not group_lanes:
-                return 0
-            lanes = group_lanes.values()
-        exclude = self.users.get(exclude_id) if exclude_id is not None else None
-        return self.send_all(payload, is_binary, exclude, lanes)
+            return self._lanes.values()
+        group_lanes = self._group_lanes.get(group)
+        return group_lanes.values() if group_lanes else None
+
+    def _user(self, conn_id: str | None) -> FwsServerProtocol | None:
+        """The local connection ``conn_id`` names (a sender to leave out), if any."""
+        return self.users.get(conn_id) if conn_id is not None else None
 
     def broadcast_channel(
         self, channel: str, payload: str | bytes | bytearray | memoryview,
@@ -376,14 +382,10 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         runs. ``everyone``: ``*`` or a pub/sub channel, whose members are
         all users; ``offset`` ``None``: the message could not be kept.
         """
-        if everyone or group == EVERYONE:
-            lanes: Iterable[Lane] = self._lanes.values()
-        else:
-            group_lanes = self._group_lanes.get(group)
-            if not group_lanes:
-                return 0
-            lanes = group_lanes.values()
-        exclude = self.users.get(exclude_id) if exclude_id is not None else None
+        lanes = self._lanes_of(None if everyone or group == EVERYONE else group)
+        if lanes is None:
+            return 0
+        exclude = self._user(exclude_id)
         if not self._headed:
             return self.send_all(payload, is_binary, exclude, lanes)
         headed = header(group, epoch, offset) + payload

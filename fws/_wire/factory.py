@@ -268,15 +268,7 @@ class WireFactory(WebSocketServerFactory, Generic[P]):
             else:
                 lane.out = [out, frame]  # type: ignore[list-item]
             sent += 1
-        if sent:
-            stats = self.stats
-            stats.broadcasts += 1
-            stats.deliveries += sent
-            stats.messages_out += sent
-            stats.bytes_out += sent * len(frame)
-        if dirty and self._flush_call is None:
-            self._schedule_flush()
-        return sent
+        return self._sent(sent, sent * len(frame), dirty)
 
     def send_split(self, data: bytes, headed: bytes, binary: bool, exclude: WireProtocol | None,
                    lanes: Iterable[Lane], skip: Container[str] | None = None) -> int:
@@ -325,6 +317,10 @@ class WireFactory(WebSocketServerFactory, Generic[P]):
                 lane.out = [out, frame]  # type: ignore[list-item]
             sent += 1
             size += len(frame)
+        return self._sent(sent, size, dirty)
+
+    def _sent(self, sent: int, size: int, dirty: list[Lane]) -> int:
+        """The end of a broadcast that queued ``sent`` frames (``size`` bytes): counted, flushed."""
         if sent:
             stats = self.stats
             stats.broadcasts += 1

@@ -378,16 +378,22 @@ class RedisStorage(StorageBase, MultiService):
         await execute("srem", self._k("nodes"), [node_id])
 
 
-#: KEYS: stream, position, bus. ARGV: SIZE, TTL in ms, an epoch for a group that has
-#: none, the bus header so far, binary flag, payload. Gives the message the group's
-#: next offset, keeps it, and publishes it on the bus: one atomic step, so the bus
-#: carries every group's messages in offset order.
-APPEND = """
+#: How both scripts below begin (KEYS[1] the stream, KEYS[2] the position, ARGV[3] a
+#: new epoch): a group whose position is gone (Redis restarted without persistence,
+#: the key expired or evicted) starts a new epoch, and its stream, which no longer
+#: matches any epoch a client holds, goes too. The ``if`` is left open for the script.
+_EPOCH = """
 local epoch = redis.call('HGET', KEYS[2], 'e')
 if not epoch then
   epoch = ARGV[3]
   redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0)
+  redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0)"""
+
+#: KEYS: stream, position, bus. ARGV: SIZE, TTL in ms, an epoch for a group that has
+#: none, the bus header so far, binary flag, payload. Gives the message the group's
+#: next offset, keeps it, and publishes it on the bus: one atomic step, so the bus
+#: carries every group's messages in offset order.
+APPEND = _EPOCH + """
 end
 local offset = redis.call('HINCRBY', KEYS[2], 'o', 1)
 local t = redis.call('TIME')
@@ -406,12 +412,7 @@ return offset
 #: offset, up to count entries after ``after`` (ending with the first that reaches page
 #: bytes of payload), Redis's clock, and whether nothing more is kept; the fence goes down
 #: the bus in the same step, so that it follows every message this read can see.
-READ = """
-local epoch = redis.call('HGET', KEYS[2], 'e')
-if not epoch then
-  epoch = ARGV[3]
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0)
+READ = _EPOCH + """
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
 end
 local last = redis.call('HGET', KEYS[2], 'o')
