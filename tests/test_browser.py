@@ -143,18 +143,16 @@ def test_two_pages_chat_and_a_third_room_hears_nothing(server: FwsProcess, brows
         shutil.copy(shot, SCREENSHOT)  # what docs/tutorial.rst shows
 
 
-def test_the_page_reconnects_and_rejoins(processes: list[FwsProcess], browser: Any) -> None:
-    """A restarted server (SIGTERM, 1001) costs the page a reconnect, not its room."""
+def _chat_then_stop(browser: Any, processes: list[FwsProcess],
+                    *extra: str) -> tuple[list[str], int, Any]:
+    """The chat on its own server, a page joined to "engines", then the server stopped
+    (SIGTERM): its arguments (to start the next one with), its port and the page."""
     import signal
-
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     first = FwsProcess([])
     port = first.port
     args = ["-p", str(port), "-i", "127.0.0.1", "-f", "fws.filters.broadcast_messages_by_token",
-            "--static", str(CHAT), "--drain-period", "0"]
+            "--static", str(CHAT), "--drain-period", "0", *extra]
     first.args = args
     processes.append(first)
     first.start()
@@ -162,6 +160,17 @@ def test_the_page_reconnects_and_rejoins(processes: list[FwsProcess], browser: A
     join(page, "ada", "engines")
     first.signal(signal.SIGTERM)
     assert first.wait(20) == 0
+    return args, port, page
+
+
+def test_the_page_reconnects_and_rejoins(processes: list[FwsProcess], browser: Any) -> None:
+    """A restarted server (SIGTERM, 1001) costs the page a reconnect, not its room."""
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    args, port, page = _chat_then_stop(browser, processes)
     # The log keeps the close (the status line moves on with every retry: a retry
     # before the new server listens fails with 1006).
     sees(page, "connection closed (1001), reconnecting")
@@ -233,19 +242,8 @@ def test_the_page_resumes_and_shows_what_it_missed(processes: list[FwsProcess], 
 def test_the_page_says_when_it_could_not_recover(processes: list[FwsProcess],
                                                  browser: Any) -> None:
     """Memory history dies with its node: after a restart the page says it missed messages."""
-    import signal
 
-    first = FwsProcess([])
-    port = first.port
-    args = ["-p", str(port), "-i", "127.0.0.1", "-f", "fws.filters.broadcast_messages_by_token",
-            "--static", str(CHAT), "--drain-period", "0", "--history", "100"]
-    first.args = args
-    processes.append(first)
-    first.start()
-    page = browser(f"http://127.0.0.1:{port}/")
-    join(page, "ada", "engines")
-    first.signal(signal.SIGTERM)
-    assert first.wait(20) == 0
+    args, port, page = _chat_then_stop(browser, processes, "--history", "100")
     second = FwsProcess(args, port=port)
     processes.append(second)
     second.start()

@@ -42,6 +42,16 @@ async def until_members(reactor: Any, redis: RedisProcess, group: str, count: in
                    what=f"{count} members of {group}")
 
 
+async def sender_and_reader(reactor: Any, redis: RedisProcess, a: Server,
+                            b: Server) -> tuple[Client, Client]:
+    """A plain client on ``a`` and a fws.v1 one on ``b``, both in "room" (Redis lists both)."""
+    sender, reader = await a.connect(), await b.connect(protocols=V1)
+    await joined(sender, "room")
+    await joined(reader, "room")
+    await until_members(reactor, redis, "room", 2)
+    return sender, reader
+
+
 async def headed(client: Client) -> tuple[dict[str, Any], bytes, bool]:
     payload, binary = await client.recv()
     head, body = split(payload)
@@ -123,10 +133,7 @@ async def test_retention_exceeded_and_redis_restart_are_not_recovered(
     a, b = servers = nodes(reactor, redis, 2, "--history", "3")
     try:
         await all_ready(reactor, servers)
-        sender, reader = await a.connect(), await b.connect(protocols=V1)
-        await joined(sender, "room")
-        await joined(reader, "room")
-        await until_members(reactor, redis, "room", 2)
+        sender, reader = await sender_and_reader(reactor, redis, a, b)
         for i in range(1, 9):
             sender.send(f"m{i}")
         seen = [await headed(reader) for _ in range(8)]
@@ -265,10 +272,7 @@ async def test_large_messages_replay_from_redis(reactor: Any, redis: RedisProces
     a, b = servers = nodes(reactor, redis, 2, "--history", "100")
     try:
         await all_ready(reactor, servers)
-        sender, reader = await a.connect(), await b.connect(protocols=V1)
-        await joined(sender, "room")
-        await joined(reader, "room")
-        await until_members(reactor, redis, "room", 2)
+        sender, reader = await sender_and_reader(reactor, redis, a, b)
         sender.send("first")
         epoch = (await headed(reader))[0]["epoch"]
         big = [bytes([i]) * 500_000 for i in range(8)]
@@ -334,10 +338,7 @@ async def test_scripts_flushed_from_redis_are_sent_again(reactor: Any, redis: Re
     a, b = servers = nodes(reactor, redis, 2, "--history", "100")
     try:
         await all_ready(reactor, servers)
-        sender, reader = await a.connect(), await b.connect(protocols=V1)
-        await joined(sender, "room")
-        await joined(reader, "room")
-        await until_members(reactor, redis, "room", 2)
+        sender, reader = await sender_and_reader(reactor, redis, a, b)
         for i in range(1, 4):
             sender.send(f"m{i}")
             assert (await headed(reader))[0]["offset"] == i

@@ -109,9 +109,9 @@ http {{
     survive_node_stop(url, nodes)
 
 
-def test_haproxy_config(tmp_path: Path, redis: RedisProcess, processes: list[FwsProcess]) -> None:
-    haproxy = program("haproxy", "haproxy")
-    ports = start_nodes(processes, redis)
+def start_haproxy(haproxy: str, tmp_path: Path, ports: dict[str, int],
+                  processes: list[FwsProcess]) -> FwsProcess:
+    """HAProxy with docs/deploy/haproxy.cfg in front of the nodes, listening."""
     config = tmp_path / "haproxy.cfg"
     # Check every 200 ms instead of 2 s: the test waits for the checks to see both nodes.
     config.write_text(with_ports((DEPLOY / "haproxy.cfg").read_text(), ports)
@@ -120,6 +120,13 @@ def test_haproxy_config(tmp_path: Path, redis: RedisProcess, processes: list[Fws
     processes.append(proxy)
     proxy.start(wait=False)
     proxy.wait_for_port(ports["8080"])
+    return proxy
+
+
+def test_haproxy_config(tmp_path: Path, redis: RedisProcess, processes: list[FwsProcess]) -> None:
+    haproxy = program("haproxy", "haproxy")
+    ports = start_nodes(processes, redis)
+    proxy = start_haproxy(haproxy, tmp_path, ports, processes)
     nodes = processes[:2]
     url = f"ws://127.0.0.1:{ports['8080']}/"
     check_cluster(url, nodes)
@@ -140,13 +147,7 @@ def test_haproxy_node_killed_client_resumes(tmp_path: Path, redis: RedisProcess,
 
     haproxy = program("haproxy", "haproxy")
     ports = start_nodes(processes, redis, "--history", "100")
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(with_ports((DEPLOY / "haproxy.cfg").read_text(), ports)
-                      .replace("inter 2s", "inter 200ms"))
-    proxy = FwsProcess(["-db", "-f", str(config)], command=[haproxy], port=ports["8080"])
-    processes.append(proxy)
-    proxy.start(wait=False)
-    proxy.wait_for_port(ports["8080"])
+    start_haproxy(haproxy, tmp_path, ports, processes)
     nodes = processes[:2]
     url = f"ws://127.0.0.1:{ports['8080']}/"
     with ExitStack() as stack:
