@@ -7,8 +7,12 @@ cheaply on both ports (``--max-handshake-size``, ``--max-handshake-headers``).
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
+from urllib import parse
 
 from fws.versions import SERVER
 
@@ -117,3 +121,77 @@ class SharedStrings:
         request.path = known(request.path) or share(request.path)
         if request.origin:
             request.origin = known(request.origin) or share(request.origin)
+
+
+# --- the common request, parsed here (WireProtocol._open_lean) --------------------------------
+
+#: A request line fws opens itself: ``GET``, a target of printable ASCII, HTTP/1.1.
+_LEAN_REQUEST_LINE = re.compile(r"GET ([!-~]+) HTTP/1\.1")
+#: A header line as Autobahn's ``parseHttpHeader`` accepts it (a token, a colon,
+#: optional SP/HTAB, a value of VCHAR, obs-text, SP and HTAB, optional SP/HTAB),
+#: with the value as Autobahn keeps it (without the optional whitespace).
+_LEAN_HEADER_LINE = re.compile(
+    r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*")
+#: A Sec-WebSocket-Key as Autobahn accepts one: 16 bytes in base64.
+LEAN_KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
+#: A Host value whose Python ``strip()`` is itself (what Autobahn reads of it).
+LEAN_HOST = re.compile(r"[!-~]+")
+#: A request target Autobahn's ``urlparse`` gives back whole as the path.
+_PLAIN_PATH = re.compile(r"/(?!/)[^?#;]*")
+
+
+def parse_head(head: bytes | bytearray, end: int) -> tuple[str, str, dict[str, str]] | None:
+    """
+    The request line, target and headers of the common request head, or None.
+
+    ``end`` is where the head's empty line starts. What this accepts,
+    Autobahn's ``parseHttpHeader`` accepts with the same result: the request
+    line (``GET``, HTTP/1.1), and each header's lower-case name and value as
+    Autobahn keeps them. Anything else gives None and goes to Autobahn,
+    which parses it as before and says what is wrong with it: a header that
+    comes twice (Autobahn joins or refuses those), a control character, a
+    target that is not printable ASCII. ``tests/test_handshake_differential.py``
+    holds the two to the same outcome.
+    """
+    text = head[:end].decode("iso-8859-1")
+    lines = text.split("\r\n")
+    line = _LEAN_REQUEST_LINE.fullmatch(lines[0])
+    if line is None:
+        return None
+    headers: dict[str, str] = {}
+    match = _LEAN_HEADER_LINE.fullmatch
+    for raw in lines[1:]:
+        header = match(raw)
+        if header is None:
+            return None
+        name = header[1].lower()
+        if name in headers:
+            return None
+        headers[name] = header[2]
+    return lines[0], line[1], headers
+
+
+def split_target(target: str) -> tuple[str, dict[str, list[str]]] | None:
+    """
+    The path and query parameters of a request target, as Autobahn reads
+    them (``urlparse``, ``parse_qs``); None for one with a fragment, which
+    Autobahn refuses. The usual plain path skips both.
+    """
+    if _PLAIN_PATH.fullmatch(target):
+        return target, {}
+    try:
+        parts = parse.urlparse(target)
+        if parts.fragment:
+            return None
+        return parts.path, parse.parse_qs(parts.query)
+    except Exception:  # Autobahn refuses what urlparse cannot take, whatever it raises
+        return None
+
+
+#: RFC 6455's GUID, appended to the client's key for the accept key.
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def accept_key(key: str) -> str:
+    """``Sec-WebSocket-Accept`` for a client's ``Sec-WebSocket-Key`` (RFC 6455, 4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key.encode("utf8") + _WS_GUID).digest()).decode()

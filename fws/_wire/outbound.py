@@ -144,7 +144,16 @@ class Lane:
         if not out:
             return
         self.out = None
-        data = out if out.__class__ is bytes else b"".join(out)  # type: ignore[arg-type]
+        self.write(out if out.__class__ is bytes else b"".join(out))  # type: ignore[arg-type]
+
+    def write(self, data: bytes) -> None:
+        """
+        Write ``data`` now, after what was queued: the way :meth:`write_out`
+        writes (also for fws's own 101 response, which so costs one ``send``
+        instead of a poller registration, a reactor turn and its removal).
+        """
+        if self.out:
+            self.write_out()
         conn = self.conn
         transport = conn.transport
         if transport is None:

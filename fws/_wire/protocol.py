@@ -18,21 +18,32 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from inspect import iscoroutine
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import autobahn.websocket.protocol as _autobahn_protocol
+from autobahn.twisted.util import create_transport_details, peer2str
 from autobahn.twisted.websocket import ConnectionDeny, WebSocketServerProtocol
+from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from fws._wire.framing import encode_frame, parse_frames
 from fws._wire.handshake import (
+    LEAN_HOST,
+    LEAN_KEY,
     REFUSAL_HEADERS,
     SharedStrings,
+    accept_key,
+    parse_head,
     refusal_headers,
     request_line_so_far,
+    split_target,
 )
 from fws._wire.outbound import Lane, can_write_directly, unsent_bytes
 from fws._wire.payload import normalize_payload
@@ -169,7 +180,7 @@ _NO_QUEUE: tuple[()] = ()
 _HANDSHAKE_LEFTOVERS = ("http_request_data", "http_response_data", "http_status_line", "_wskey",
                         "_head", "_head_done", "_head_line", "_head_crlfs",
                         # Autobahn's TransportDetails (~300 bytes): read by its _onOpen (TLS
-                        # channel binding) and nothing after; ``transport_details`` is None then.
+                        # channel binding) and nothing after; made again if read (``transport_details``).
                         "_transport_details",
                         # Autobahn's per-connection TrafficStats (176 bytes): see _NoTrafficStats.
                         "trafficStats",
@@ -245,6 +256,15 @@ _BEFORE_OPEN: dict[str, Any] = {
     "connected": 0, "state": WebSocketServerProtocol.STATE_CONNECTING, "_opened": False,
     "_direct": False, "_is_open": None,
 }
+
+#: Stands in :data:`_DROPPED_WHEN_OPEN` for "whatever its value".
+_LEFTOVER = object()
+#: What :meth:`WireProtocol._compact` drops from an open connection's dict: each
+#: name with the value it is dropped at (the class has the same), a leftover of
+#: the handshake at any value.
+_DROPPED_WHEN_OPEN: dict[str, Any] = {**_IDLE_DEFAULTS, **_OPEN_STATE,
+                                      **dict.fromkeys(_HANDSHAKE_LEFTOVERS, _LEFTOVER)}
+assert not set(_IDLE_DEFAULTS) & set(_OPEN_STATE)
 
 
 class _LazyPformat:
@@ -370,8 +390,14 @@ class WireProtocol(WebSocketServerProtocol):
     transport: Any
     #: Autobahn protocol options, set on the class by the factory.
     autoFragmentSize: int
+    autoPingInterval: float
     closeHandshakeTimeout: float
+    logOctets: bool
+    maxConnections: int
     openHandshakeTimeout: float
+    tcpNoDelay: bool
+    trustXForwardedFor: int
+    versions: Sequence[int]
     #: Whether the transport is plain TCP whose socket fws may write itself
     #: (set in connectionMade; the class says True, as for most: see _OPEN_STATE).
     _direct = True
@@ -379,7 +405,6 @@ class WireProtocol(WebSocketServerProtocol):
     #: on the class WireFactory makes for its connections.
     _fast_limit = 0
     # Defaults for what onOpen frees (see _HANDSHAKE_LEFTOVERS).
-    _transport_details = None  # type: ignore[assignment]
     trafficStats = _NO_TRAFFIC_STATS  # type: ignore[assignment]
     http_headers: Mapping[str, str] = MappingProxyType({})  # type: ignore[assignment]
     http_request_host = ""
@@ -688,6 +713,122 @@ class WireProtocol(WebSocketServerProtocol):
         finally:
             _autobahn_protocol._url_to_origin = _url_to_origin
 
+    #: Whether this connection's handshake may take fws's own path (:meth:`_open_lean`);
+    #: the differential tests turn it off on a connection to have Autobahn's.
+    _lean_handshake = True
+
+    def _open_lean(self, data: bytes | bytearray, end: int) -> bool:
+        """
+        Open the common handshake here instead of in Autobahn's ``processHandshake``.
+
+        Autobahn's is 55 % of what a handshake costs fws (profile in
+        ``benchmarks/results/hs-lean-20261202.md``): a general HTTP parse, a
+        ``urlparse``, debug lines built and dropped, and a Deferred with two
+        callbacks around ``onConnect`` even when it answers at once. Here a
+        request that is plainly valid (:func:`parse_head`: ``GET``, HTTP/1.1,
+        each header once, printable values; version 13, a well-formed key,
+        no refusal to make) is validated as Autobahn validates it, sets the
+        same state, builds the same :class:`ConnectionRequest` and is
+        admitted with ``onConnect`` called directly (a Deferred it returns is
+        waited for as Autobahn waits). Anything else returns False before
+        anything has changed, and Autobahn handles the request as before,
+        with its own words for whatever is wrong, so every refusal stays
+        Autobahn's (or fws's own limits', which come first).
+        ``tests/test_handshake_differential.py`` feeds the same requests to
+        both paths and requires the same bytes out and the same state.
+        """
+        if (not self._options_baked or not self._lean_handshake or self.logOctets
+                or self.trackedTimings or self.data):
+            return False
+        parsed = parse_head(data, end)
+        if parsed is None:
+            return False
+        status_line, target, headers = parsed
+        if "x-forwarded-for" in headers and self.trustXForwardedFor:
+            return False
+        where = split_target(target)
+        if where is None:
+            return False
+        path, params = where
+        host = headers.get("host")
+        if host is None or not LEAN_HOST.fullmatch(host):
+            return False
+        factory: Any = self.factory  # Autobahn's factory: its options
+        if ":" in host and not host.endswith("]"):
+            host, port = host.rsplit(":", 1)
+            if not port.isdigit() or not port.isascii() or (
+                    factory.externalPort and int(port) != factory.externalPort):
+                return False
+        upgrade = headers.get("upgrade")
+        connection = headers.get("connection")
+        if (upgrade is None or connection is None or headers.get("sec-websocket-version") != "13"
+                or 13 not in self.versions):
+            return False
+        if not any(u.strip().lower() == "websocket" for u in upgrade.split(",")):
+            return False
+        if not any(c.strip().lower() == "upgrade" for c in connection.split(",")):
+            return False
+        offered = headers.get("sec-websocket-protocol")
+        protocols = [str(x.strip()) for x in offered.split(",")] if offered is not None else []
+        if len(set(protocols)) != len(protocols):
+            return False
+        origin = headers.get("origin")
+        if origin is not None:
+            origin = origin.strip()
+            if not factory.allowNullOrigin:  # fws's Origin is always "null" to Autobahn
+                return False
+        key = headers.get("sec-websocket-key")
+        if key is None or not LEAN_KEY.fullmatch(key := key.strip()):
+            return False
+        extensions: list[Any] = []
+        offers = headers.get("sec-websocket-extensions")
+        if offers is not None:
+            try:
+                extensions = self._parseExtensionsHeader(offers)  # type: ignore[no-untyped-call]
+            except Exception:
+                return False
+        if self.maxConnections > 0 and factory.countConnections > self.maxConnections:
+            return False
+        # Valid, as Autobahn would have found it: its state, then onConnect.
+        state = self.__dict__
+        state["http_request_data"] = bytes(data[:end + 4])
+        state["http_status_line"] = status_line
+        state["http_headers"] = headers
+        state["http_request_uri"] = target
+        state["http_request_path"] = path
+        state["http_request_params"] = params
+        state["http_request_host"] = host
+        state["websocket_version"] = 13
+        state["websocket_protocols"] = protocols
+        state["websocket_origin"] = origin or ""
+        state["websocket_extensions"] = extensions
+        state["_wskey"] = key
+        state["data"] = bytes(data[end + 4:])
+        request = ConnectionRequest(self.peer, headers, host, path, params, 13, origin or "",
+                                    protocols, extensions)
+        try:
+            answer = self.onConnect(request)
+        except Exception:
+            self._handshake_failed(Failure())
+            return True
+        if isinstance(answer, Deferred):
+            answer.addCallbacks(self.succeedHandshake, self._handshake_failed)
+        elif iscoroutine(answer):
+            ensureDeferred(answer).addCallbacks(self.succeedHandshake, self._handshake_failed)
+        else:
+            self.succeedHandshake(answer)
+        return True
+
+    def _handshake_failed(self, failure: Failure) -> None:
+        """``onConnect`` refused or failed: what Autobahn's ``processHandshake`` does then."""
+        error = failure.value
+        if isinstance(error, ConnectionDeny):
+            self.failHandshake(error.reason, error.code)
+            return
+        self.log.warn("Unexpected exception in onConnect ['{err.value}']", err=failure)
+        self.log.warn("{tb}", tb=failure.getTraceback())
+        self.failHandshake(f"Internal server error: {error}", ConnectionDeny.INTERNAL_SERVER_ERROR)
+
     # The opening handshake, bounded (--max-handshake-size, --max-handshake-headers).
     #: The request as it arrives, until its end of headers (see _dataReceived).
     _head: bytearray | None = None
@@ -721,7 +862,7 @@ class WireProtocol(WebSocketServerProtocol):
         if head is None:
             end = data.find(b"\r\n\r\n")
             if end >= 0:  # the usual case: the whole request in one read
-                if self._head_fits(data, end, limits):
+                if self._head_fits(data, end, limits) and not self._open_lean(data, end):
                     super()._dataReceived(data)
                 return
             head = self._head = bytearray()
@@ -730,7 +871,7 @@ class WireProtocol(WebSocketServerProtocol):
         end = head.find(b"\r\n\r\n", max(0, seen - 3))
         if end >= 0:
             self._head = None
-            if self._head_fits(head, end, limits):
+            if self._head_fits(head, end, limits) and not self._open_lean(head, end):
                 super()._dataReceived(bytes(head))
             return
         if not self._head_line:
@@ -808,10 +949,24 @@ class WireProtocol(WebSocketServerProtocol):
             self.__dict__["_utf8validator"] = validator
 
     def connectionMade(self) -> None:
-        super().connectionMade()
+        transport = self.transport
+        peer = transport.getPeer()
+        if self._options_baked and self._lean_handshake and not ISSLTransport.providedBy(transport):
+            # Autobahn's WebSocketAdapterProtocol.connectionMade, less the TransportDetails
+            # it makes for every connection (a dozen attributes, the pid, the thread id:
+            # 7 % of a handshake), which only TLS's channel binding in _onOpen reads
+            # during the handshake: made when read (see _transport_details).
+            self.peer = (f"tcp4:{peer.host}:{peer.port}" if type(peer) is IPv4Address
+                         else peer2str(transport))
+            try:
+                transport.setTcpNoDelay(self.tcpNoDelay)
+            except Exception:  # as Autobahn: a unix socket has no Nagle to turn off
+                pass
+            self._connectionMade()
+        else:
+            super().connectionMade()
         factory = self.factory
         factory.connections.add(self)
-        peer = self.transport.getPeer()
         self.client_ip = str(getattr(peer, "host", None) or getattr(peer, "name", None) or "local")
         # In its handshake until onOpen or connectionLost (--max-pending-per-ip, at accept).
         self._pending_host = getattr(peer, "host", None)
@@ -892,6 +1047,28 @@ class WireProtocol(WebSocketServerProtocol):
         self.__dict__["_is_open"] = opened
 
     @property
+    def _transport_details(self) -> TransportDetails:
+        """
+        Autobahn's TransportDetails of this connection, made when first read.
+
+        Autobahn makes it in ``connectionMade``; fws does for a TLS connection
+        (whose channel binding ``_onOpen`` fills in) and otherwise when something
+        reads it (``transport_details``, Autobahn's public property). Dropped
+        once open (see _HANDSHAKE_LEFTOVERS): read then, a new one each time.
+        """
+        details: TransportDetails | None = self.__dict__.get("_transport_details")
+        if details is None and self.transport is not None:
+            details = create_transport_details(self.transport, True)
+            details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
+            if not self._opened:  # an open connection keeps none (see _HANDSHAKE_LEFTOVERS)
+                self.__dict__["_transport_details"] = details
+        return details  # type: ignore[return-value]  # None: before connectionMade only
+
+    @_transport_details.setter
+    def _transport_details(self, details: TransportDetails) -> None:
+        self.__dict__["_transport_details"] = details
+
+    @property
     def peer(self) -> str:
         """
         Autobahn's name for the peer (``tcp4:HOST:PORT``): the request's once
@@ -908,7 +1085,10 @@ class WireProtocol(WebSocketServerProtocol):
         self.__dict__["peer"] = peer
 
     def succeedHandshake(self, res: Any) -> None:
-        super().succeedHandshake(res)
+        if self._lean_handshake and self._options_baked and not self.websocket_extensions:
+            self._succeed_lean(res)
+        else:
+            super().succeedHandshake(res)
         # It has fired is_open (and run its callbacks) if it opened the connection:
         # now the class's _FIRED stands for it, and the dict can be compacted.
         if self.state == self.STATE_OPEN:
@@ -916,6 +1096,68 @@ class WireProtocol(WebSocketServerProtocol):
             if isinstance(opened, Deferred) and opened.called:
                 del self.__dict__["_is_open"]
             self._compact()
+
+    def _succeed_lean(self, res: Any) -> None:
+        """
+        Autobahn's ``succeedHandshake`` for a request that offered no extension:
+        the same 101 response, byte for byte, and the same steps into the open
+        state, less its debug lines and the offers loop (see :meth:`_open_lean`).
+        """
+        protocol = None
+        headers: Any = {}
+        if type(res) is tuple:
+            if len(res) > 0:
+                protocol = res[0]
+            if len(res) > 1:
+                headers = res[1]
+        else:
+            protocol = res
+        if protocol is not None and protocol not in self.websocket_protocols:
+            raise Exception("protocol accepted must be from the list client sent or None")
+        self.websocket_protocol_in_use = protocol
+        self.websocket_extensions_in_use = []
+        factory: Any = self.factory  # Autobahn's factory: its options
+        response = "HTTP/1.1 101 Switching Protocols\r\n"
+        if factory.server:
+            response += f"Server: {factory.server}\r\n"
+        response += "Upgrade: WebSocket\r\nConnection: Upgrade\r\n"
+        for source in (factory.headers.items(), headers.items()):
+            for name, value in source:
+                if isinstance(value, str):
+                    values: Any = [value]
+                else:
+                    try:
+                        values = iter(value)
+                    except TypeError:
+                        values = [value]
+                for one in values:
+                    response += f"{name}: {one}\r\n"
+        if protocol is not None:
+            response += f"Sec-WebSocket-Protocol: {protocol}\r\n"
+        response += f"Sec-WebSocket-Accept: {accept_key(self._wskey)}\r\n\r\n"
+        self._lane.write(response.encode("utf8"))  # to the socket itself when it can
+        self.http_response_data = response
+        self.state = self.STATE_OPEN
+        call = self.openHandshakeTimeoutCall
+        if call is not None:
+            call.cancel()
+            self.openHandshakeTimeoutCall = None
+        self.inside_message = False
+        self.current_frame = None  # type: ignore[assignment]
+        if self.autoPingInterval:
+            self.autoPingPendingCall = factory._batched_timer.call_later(
+                self.autoPingInterval, self._sendAutoPing)
+        if "_transport_details" in self.__dict__:
+            self._onOpen()  # Autobahn's: TLS channel binding into the details, then onOpen
+        else:
+            self.onOpen()  # no TLS (see connectionMade): all that _onOpen would do
+        # Autobahn resolves is_open, made on demand (see is_open); it is the class's
+        # _FIRED from now on, whether anyone asked for it or not.
+        opened = self.__dict__.pop("_is_open", None)
+        if isinstance(opened, Deferred) and not opened.called:
+            opened.callback(None)
+        if self.data:
+            self.consumeData()
 
     def unsent(self) -> int:
         """Bytes the client has not received yet: in Twisted's buffer and the kernel's."""
@@ -1011,24 +1253,23 @@ class WireProtocol(WebSocketServerProtocol):
 
     def _compact(self) -> None:
         """Drop what an open connection does not need from its instance dict (see _IDLE_DEFAULTS)."""
-        state = self.__dict__
-        for name in _HANDSHAKE_LEFTOVERS:
-            state.pop(name, None)  # reads fall back to the class's empty defaults
-        for defaults in (_IDLE_DEFAULTS, _OPEN_STATE):
-            for name, value in defaults.items():
-                if state.get(name, _ABSENT) is value:
-                    del state[name]  # reads fall back to the class attribute, the same value
+        # One pass that copies what stays (deleting would not shrink the dict;
+        # a copy is as small as what it holds): every name _DROPPED_WHEN_OPEN
+        # has goes when its value is the class's, or whatever it is for a leftover.
+        dropped = _DROPPED_WHEN_OPEN
+        kept = {name: value for name, value in self.__dict__.items()
+                if (at := dropped.get(name, _ABSENT)) is not value and at is not _LEFTOVER}
         request = self.request
-        if request is not None and state.get("peer") is request.peer:
-            del state["peer"]  # the request has it (see peer)
-        if state.get("websocket_extensions_in_use") == []:
-            del state["websocket_extensions_in_use"]
+        if request is not None and kept.get("peer") is request.peer:
+            del kept["peer"]  # the request has it (see peer)
+        if kept.get("websocket_extensions_in_use") == []:
+            del kept["websocket_extensions_in_use"]
         if self._listeners is None:
             # Autobahn's observer API (.on/.fire) is unused until .on() is called, which
             # puts its state back (see on); until then the class's None stands in.
-            state.pop("_valid_events", None)
-            state.pop("_results", None)
-        self.__dict__ = dict(state)  # deleting does not shrink a dict; copying does
+            kept.pop("_valid_events", None)
+            kept.pop("_results", None)
+        self.__dict__ = kept
 
     def on(self, event: str, handler: Any) -> None:
         """Autobahn's observer API, with the state _compact dropped restored first."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 OWNER = "fws._wire"
 
 UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
+    ("autobahn.twisted.websocket.WebSocketAdapterProtocol", "_onOpen", "method"),  # called by WireProtocol._succeed_lean where Autobahn's succeedHandshake calls it
     ("autobahn.twisted.websocket.WebSocketAdapterProtocol", "_transport_details", "instance"),  # set in WebSocketAdapterProtocol.connectionMade, read in _onOpen; popped by _compact (class default None)
     ("autobahn.twisted.websocket.WebSocketAdapterProtocol", "peer", "instance"),  # set in WebSocketAdapterProtocol.connectionMade ("backward compatibility"); a property on WireProtocol falling back to request.peer once open; borderline
     ("autobahn.twisted.websocket.WebSocketServerProtocol", "log", "class"),  # shadowed per instance by _DebugOnly in _autobahn_at_debug; relies on it being class-level
@@ -53,8 +54,10 @@ UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
     ("autobahn.websocket.protocol.WebSocketProtocol", "_connectionMade", "method"),  # overridden; base does the option copy / pformat / Utf8Validator / send_queue; not called on a baked class (test_fast_path compares the state both leave)
     ("autobahn.websocket.protocol.WebSocketProtocol", "_dataReceived", "method"),  # overridden (handshake bounding)
     ("autobahn.websocket.protocol.WebSocketProtocol", "_invalid_payload", "method"),  # called
+    ("autobahn.websocket.protocol.WebSocketProtocol", "_parseExtensionsHeader", "method"),  # called by WireProtocol._open_lean where processHandshake calls it
     ("autobahn.websocket.protocol.WebSocketProtocol", "_perMessageCompress", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "_protocol_violation", "method"),  # called
+    ("autobahn.websocket.protocol.WebSocketProtocol", "_sendAutoPing", "method"),  # scheduled by WireProtocol._succeed_lean as succeedHandshake schedules it
     ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingPending", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingPendingCall", "instance"),  # set in WebSocketProtocol._connectionMade (class default None on WireProtocol, whose _connectionMade does not set it) and _onOpen
     ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingPendingSent", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
@@ -62,6 +65,7 @@ UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
     ("autobahn.websocket.protocol.WebSocketProtocol", "autoPingTimeoutCall", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "closeHandshakeTimeoutCall", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "closedByMe", "instance"),  # set in WebSocketProtocol._connectionMade; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
+    ("autobahn.websocket.protocol.WebSocketProtocol", "consumeData", "method"),  # called by WireProtocol._succeed_lean for bytes after the request, as succeedHandshake does
     ("autobahn.websocket.protocol.WebSocketProtocol", "current_frame", "instance"),  # set in WebSocketServerProtocol.succeedHandshake; class default on WireProtocol (_IDLE_DEFAULTS), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "data", "instance"),  # set in WebSocketProtocol._connectionMade; class default b"" on WireProtocol (_OPEN_STATE), instance copy dropped by _compact
     ("autobahn.websocket.protocol.WebSocketProtocol", "dropConnection", "method"),  # overridden and called
@@ -108,8 +112,8 @@ UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_request_uri", "instance"),  # set in WebSocketServerProtocol.processHandshake/succeedHandshake; dropped by _compact (class default on WireProtocol)
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_response_data", "instance"),  # set in WebSocketServerProtocol.succeedHandshake; popped by _compact (_HANDSHAKE_LEFTOVERS)
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_status_line", "instance"),  # set in WebSocketServerProtocol.processHandshake; popped by _compact (_HANDSHAKE_LEFTOVERS)
-    ("autobahn.websocket.protocol.WebSocketServerProtocol", "processHandshake", "method"),  # overridden
-    ("autobahn.websocket.protocol.WebSocketServerProtocol", "succeedHandshake", "method"),  # overridden (is_open made on demand: see WireProtocol.is_open)
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "processHandshake", "method"),  # overridden; not reached for the common request, which WireProtocol._open_lean opens (tests/test_handshake_differential.py holds the two alike)
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "succeedHandshake", "method"),  # overridden (is_open made on demand: see WireProtocol.is_open); re-implemented by WireProtocol._succeed_lean when no extension is offered
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "websocket_extensions", "instance"),  # set in WebSocketServerProtocol.processHandshake/succeedHandshake; dropped by _compact (class default on WireProtocol)
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "websocket_extensions_in_use", "instance"),  # set in WebSocketServerProtocol.processHandshake/succeedHandshake; dropped by _compact (class default on WireProtocol)
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "websocket_origin", "instance"),  # set in WebSocketServerProtocol.processHandshake/succeedHandshake; dropped by _compact (class default on WireProtocol)
