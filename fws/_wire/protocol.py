@@ -764,9 +764,11 @@ class WireProtocol(WebSocketServerProtocol):
         if (upgrade is None or connection is None or headers.get("sec-websocket-version") != "13"
                 or 13 not in self.versions):
             return False
-        if not any(u.strip().lower() == "websocket" for u in upgrade.split(",")):
+        if upgrade.lower() != "websocket" and not any(
+                u.strip().lower() == "websocket" for u in upgrade.split(",")):
             return False
-        if not any(c.strip().lower() == "upgrade" for c in connection.split(",")):
+        if connection.lower() != "upgrade" and not any(
+                c.strip().lower() == "upgrade" for c in connection.split(",")):
             return False
         offered = headers.get("sec-websocket-protocol")
         protocols = [str(x.strip()) for x in offered.split(",")] if offered is not None else []
@@ -811,7 +813,9 @@ class WireProtocol(WebSocketServerProtocol):
         except Exception:
             self._handshake_failed(Failure())
             return True
-        if isinstance(answer, Deferred):
+        if answer is None or answer.__class__ is str:  # admitted at once (see Deferred below)
+            self.succeedHandshake(answer)
+        elif isinstance(answer, Deferred):
             answer.addCallbacks(self.succeedHandshake, self._handshake_failed)
         elif iscoroutine(answer):
             ensureDeferred(answer).addCallbacks(self.succeedHandshake, self._handshake_failed)
