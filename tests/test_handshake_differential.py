@@ -26,20 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from fws._wire.handshake import accept_key, parse_head
-from fws.limits import Limits
-from fws.timers import BucketTimer
 from tests.helpers import Server, write_module
+from tests.test_wire_differential import _autobahn as plain_autobahn
+from tests.test_wire_differential import _Transport
 
 #: A connect filter whose answer the request chooses (header X-Test), and what it saw.
 FILTER = '''
@@ -201,12 +199,6 @@ def _instance(proto: Any) -> dict[str, Any]:
     return state
 
 
-class _Transport(StringTransport):
-    def unregisterProducer(self) -> None:
-        self.producer = None
-        self.streaming = None
-
-
 class Servers:
     """One fws server (history on, so that fws.v1 is chosen when offered) and its filter's log."""
 
@@ -248,19 +240,10 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Servers:
     return Servers(tmp_path_factory.mktemp("hsdiff"))
 
 
-class _Plain(WebSocketServerProtocol):
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.sendMessage(payload, isBinary)
-
-
 def plain_autobahn_status(data: bytes) -> int:
-    """The status plain Autobahn answers ``data`` with (fws's protocol options, no filters)."""
+    """The status plain Autobahn answers ``data`` with (the wire differential's echo server)."""
     clock = Clock()
-    factory = WebSocketServerFactory(reactor=clock)
-    factory.setProtocolOptions(**Limits(drain_period=0.0).protocol_options())
-    factory._batched_timer = BucketTimer(clock)
-    factory.protocol = _Plain
-    proto = factory.buildProtocol(None)
+    proto, _ = plain_autobahn(clock)
     transport = _Transport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
     proto.makeConnection(transport)
     proto.dataReceived(data)
@@ -313,8 +296,6 @@ def test_the_accept_key_is_rfc_6455s() -> None:
 
 def test_the_common_requests_take_fws_path(servers: Servers) -> None:
     """What fws opens itself, it opens without Autobahn's processHandshake (else nothing is tested)."""
-    from autobahn.websocket.protocol import WebSocketServerProtocol as AutobahnServer
-
     from tests.helpers import count_calls
 
     for name in ("plain", "browser", "query", "fws.v1", "admitted later", "mixed case names"):
@@ -323,7 +304,6 @@ def test_the_common_requests_take_fws_path(servers: Servers) -> None:
         theirs = count_calls(lambda: servers.run(CORPUS[name], lean=False))  # noqa: B023
         assert theirs["autobahn:processHandshake"] == 1, name
     assert parse_head(CORPUS["two hosts"], CORPUS["two hosts"].find(b"\r\n\r\n")) is None
-    assert AutobahnServer.processHandshake is not None
 
 
 # --- requests put together by hypothesis ----------------------------------------------------

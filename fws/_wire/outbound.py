@@ -134,11 +134,6 @@ class Lane:
         write, which it hands to the transport a piece per reactor turn), the
         frames join that queue instead: written now, they would overtake it,
         or land inside a chopped frame.
-
-        This is the one place where a lane becomes ``ok`` (the flush then
-        sends for it without coming here): after a direct send that took
-        everything, on an open connection that nothing else can stand in the
-        way of.
         """
         out = self.out
         if not out:
@@ -151,6 +146,11 @@ class Lane:
         Write ``data`` now, after what was queued: the way :meth:`write_out`
         writes (also for fws's own 101 response, which so costs one ``send``
         instead of a poller registration, a reactor turn and its removal).
+
+        This is the one place where a lane becomes ``ok`` (the flush then
+        sends for it without coming here): after a direct send that took
+        everything, on an open connection that nothing else can stand in the
+        way of.
         """
         if self.out:
             self.write_out()

@@ -721,8 +721,8 @@ class WireProtocol(WebSocketServerProtocol):
         """
         Open the common handshake here instead of in Autobahn's ``processHandshake``.
 
-        Autobahn's is 55 % of what a handshake costs fws (profile in
-        ``benchmarks/results/hs-lean-20261202.md``): a general HTTP parse, a
+        Autobahn's was 55 % of what a handshake cost fws (profile in
+        ``benchmarks/profiles/fws-connect.before-lean.txt``): a general HTTP parse, a
         ``urlparse``, debug lines built and dropped, and a Deferred with two
         callbacks around ``onConnect`` even when it answers at once. Here a
         request that is plainly valid (:func:`parse_head`: ``GET``, HTTP/1.1,

@@ -30,7 +30,7 @@ OWNER = "fws._wire"
 
 UPSTREAM_INTERNALS: tuple[tuple[str, str, str], ...] = (
     ("autobahn.twisted.websocket.WebSocketAdapterProtocol", "_onOpen", "method"),  # called by WireProtocol._succeed_lean where Autobahn's succeedHandshake calls it
-    ("autobahn.twisted.websocket.WebSocketAdapterProtocol", "_transport_details", "instance"),  # set in WebSocketAdapterProtocol.connectionMade, read in _onOpen; popped by _compact (class default None)
+    ("autobahn.twisted.websocket.WebSocketAdapterProtocol", "_transport_details", "instance"),  # set in WebSocketAdapterProtocol.connectionMade (TLS only on fws's path), read in _onOpen; a property on WireProtocol making it when read; popped by _compact
     ("autobahn.twisted.websocket.WebSocketAdapterProtocol", "peer", "instance"),  # set in WebSocketAdapterProtocol.connectionMade ("backward compatibility"); a property on WireProtocol falling back to request.peer once open; borderline
     ("autobahn.twisted.websocket.WebSocketServerProtocol", "log", "class"),  # shadowed per instance by _DebugOnly in _autobahn_at_debug; relies on it being class-level
     ("autobahn.util.ObservableMixin", "_listeners", "class"),
