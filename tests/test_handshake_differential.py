@@ -192,6 +192,8 @@ def _instance(proto: Any) -> dict[str, Any]:
             state[name] = None if value is None else [getattr(value, field) for field in (
                 "peer", "headers", "host", "path", "params", "version", "origin", "protocols",
                 "extensions")]
+        elif name == "websocket_extensions_in_use":
+            state[name] = [repr(one) for one in value]  # compressors: their parameters
         elif value is None or isinstance(value, (str, bytes, int, float, list, dict, tuple)):
             state[name] = value
         else:  # an object of the connection's own (a masker, a validator): its kind
@@ -202,12 +204,12 @@ def _instance(proto: Any) -> dict[str, Any]:
 class Servers:
     """One fws server (history on, so that fws.v1 is chosen when offered) and its filter's log."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *args: str) -> None:
         self.clock = Clock()
         name = write_module(directory, FILTER, prefix="hsdiff")
         self.module = __import__(name)
         self.server = Server.from_argv(self.clock, "-f", name, "-f", "echo", "--history", "10",
-                                       "--max-connections", "0")
+                                       "--max-connections", "0", *args)
 
     def run(self, data: bytes, lean: bool, cut: int | None = None) -> Outcome:
         """Open one connection, feed it ``data`` (in two reads at ``cut``), then a frame."""
@@ -238,6 +240,12 @@ class Servers:
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Servers:
     return Servers(tmp_path_factory.mktemp("hsdiff"))
+
+
+@pytest.fixture(scope="module")
+def compressing(tmp_path_factory: pytest.TempPathFactory) -> Servers:
+    """The same server accepting permessage-deflate (``--compression``)."""
+    return Servers(tmp_path_factory.mktemp("hsdiffz"), "--compression")
 
 
 def plain_autobahn_status(data: bytes) -> int:
@@ -289,6 +297,56 @@ def test_every_request_of_the_corpus(servers: Servers, name: str) -> None:
         assert outcome.written.endswith(b"\x81\x02hi")  # the frame after it was echoed
 
 
+#: permessage-deflate offers as clients make them (RFC 7692, section 7), and malformed ones.
+OFFERS = {
+    "deflate": "permessage-deflate",
+    "deflate, browser": "permessage-deflate; client_max_window_bits",
+    "deflate, firefox": "permessage-deflate",
+    "deflate, no context takeover": "permessage-deflate; server_no_context_takeover; "
+                                    "client_no_context_takeover",
+    "deflate, window bits": "permessage-deflate; server_max_window_bits=10; "
+                            "client_max_window_bits=12",
+    "deflate, two offers": "permessage-deflate; server_max_window_bits=9, permessage-deflate",
+    "deflate after an unknown one": "x-webkit-deflate-frame, permessage-deflate",
+    "unknown only": "x-webkit-deflate-frame",
+    "deflate, unknown parameter": "permessage-deflate; foo=1",
+    "deflate, bad window bits": "permessage-deflate; server_max_window_bits=99",
+    "deflate, window bits twice": "permessage-deflate; client_max_window_bits=9; "
+                                  "client_max_window_bits=10",
+    "deflate, quoted": 'permessage-deflate; client_max_window_bits="10"',
+    "empty": "",
+}
+
+
+@pytest.mark.parametrize("compression", [False, True], ids=["plain", "compression"])
+@pytest.mark.parametrize("name", list(OFFERS))
+def test_extension_offers(servers: Servers, compressing: Servers, compression: bool,
+                          name: str) -> None:
+    """
+    What a client offers in Sec-WebSocket-Extensions is answered alike, with
+    compression off (the offers declined) and on (one accepted: the same
+    agreed parameters in the response, and the frame after the handshake
+    compressed alike by both), and the lean path is the one that answered.
+    """
+    from tests.helpers import count_calls
+
+    chosen = compressing if compression else servers
+    data = request(*BASE, "Origin: http://example.com",
+                   f"Sec-WebSocket-Extensions: {OFFERS[name]}")
+    outcome = check(chosen, data)
+    calls = count_calls(lambda: chosen.run(data, lean=True))
+    assert "autobahn:succeedHandshake" not in calls
+    head = outcome.written.split(b"\r\n\r\n", 1)[0]
+    if "bad" in name or "unknown parameter" in name or "twice" in name:
+        assert outcome.written.startswith(b"HTTP/1.1 400 "), outcome.written
+    elif compression and name not in ("unknown only", "empty"):
+        assert b"\r\nSec-WebSocket-Extensions: permessage-deflate" in head, head
+        assert outcome.instance["_perMessageCompress"] == "PerMessageDeflate"
+    else:
+        assert outcome.written.startswith(b"HTTP/1.1 101 "), outcome.written
+        assert b"Sec-WebSocket-Extensions" not in head
+
+
 def test_the_accept_key_is_rfc_6455s() -> None:
     """RFC 6455, section 1.3: the sample key and its accept value."""
     assert accept_key(KEY) == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
@@ -301,6 +359,7 @@ def test_the_common_requests_take_fws_path(servers: Servers) -> None:
     for name in ("plain", "browser", "query", "fws.v1", "admitted later", "mixed case names"):
         calls = count_calls(lambda: servers.run(CORPUS[name], lean=True))  # noqa: B023
         assert "autobahn:processHandshake" not in calls, name
+        assert "autobahn:succeedHandshake" not in calls, name
         theirs = count_calls(lambda: servers.run(CORPUS[name], lean=False))  # noqa: B023
         assert theirs["autobahn:processHandshake"] == 1, name
     assert parse_head(CORPUS["two hosts"], CORPUS["two hosts"].find(b"\r\n\r\n")) is None
@@ -320,7 +379,10 @@ _VALUES: dict[str, list[str]] = {
 }
 _EXTRA = ["Origin: http://example.com", "Origin: null", "Sec-WebSocket-Protocol: a, b",
           "Sec-WebSocket-Protocol: fws.v1", "Sec-WebSocket-Protocol: a, a",
-          "Sec-WebSocket-Extensions: permessage-deflate", "X-Forwarded-For: 10.1.1.1",
+          "Sec-WebSocket-Extensions: permessage-deflate",
+          "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits",
+          "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=99",
+          "Sec-WebSocket-Extensions: x-webkit-deflate-frame", "X-Forwarded-For: 10.1.1.1",
           "User-Agent: test/1.0", "X-Obs: \xe9t\xe9", "X-Tab:\tv\t", "Cookie: a=b",
           "X-Test: later", "X-Test: refuse", "Bad Header: 1", "NoColon"]
 _TARGETS = ["/", "/chat", "/a?b=1&b=2", "/a#f", "/a;b", "//x", "/%41%zz", "/caf\xe9", "*"]
@@ -350,3 +412,11 @@ def handshakes(draw: Any) -> bytes:
                                                                     HealthCheck.function_scoped_fixture])
 def test_requests_put_together_by_hypothesis(servers: Servers, data: bytes) -> None:
     check(servers, data)
+
+
+@given(data=handshakes())
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                    HealthCheck.function_scoped_fixture])
+def test_requests_put_together_by_hypothesis_with_compression(compressing: Servers,
+                                                               data: bytes) -> None:
+    check(compressing, data)

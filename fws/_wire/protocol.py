@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import autobahn.websocket.protocol as _autobahn_protocol
 from autobahn.twisted.util import create_transport_details, peer2str
 from autobahn.twisted.websocket import ConnectionDeny, WebSocketServerProtocol
+from autobahn.websocket.compress import PERMESSAGE_COMPRESSION_EXTENSION
 from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.address import IPv4Address
@@ -1089,7 +1090,7 @@ class WireProtocol(WebSocketServerProtocol):
         self.__dict__["peer"] = peer
 
     def succeedHandshake(self, res: Any) -> None:
-        if self._lean_handshake and self._options_baked and not self.websocket_extensions:
+        if self._lean_handshake and self._options_baked:
             self._succeed_lean(res)
         else:
             super().succeedHandshake(res)
@@ -1103,9 +1104,13 @@ class WireProtocol(WebSocketServerProtocol):
 
     def _succeed_lean(self, res: Any) -> None:
         """
-        Autobahn's ``succeedHandshake`` for a request that offered no extension:
-        the same 101 response, byte for byte, and the same steps into the open
-        state, less its debug lines and the offers loop (see :meth:`_open_lean`).
+        Autobahn's ``succeedHandshake``: the same 101 response, byte for byte,
+        and the same steps into the open state, less its debug lines (see
+        :meth:`_open_lean`). Every browser offers permessage-deflate, so the
+        offers are answered here too, as Autobahn answers them: a malformed
+        offer fails the handshake with Autobahn's words, and an accepted one
+        (``--compression``) makes the connection's compressor and the
+        ``Sec-WebSocket-Extensions`` header of the response.
         """
         protocol = None
         headers: Any = {}
@@ -1119,7 +1124,27 @@ class WireProtocol(WebSocketServerProtocol):
         if protocol is not None and protocol not in self.websocket_protocols:
             raise Exception("protocol accepted must be from the list client sent or None")
         self.websocket_protocol_in_use = protocol
-        self.websocket_extensions_in_use = []
+        in_use: list[Any] = []
+        self.websocket_extensions_in_use = in_use
+        agreed = None
+        if self.websocket_extensions:
+            offers = []
+            for extension, params in self.websocket_extensions:
+                kind = PERMESSAGE_COMPRESSION_EXTENSION.get(extension)
+                if kind is not None:
+                    try:
+                        offers.append(kind["Offer"].parse(params))
+                    except Exception as e:
+                        self.failHandshake(str(e))
+                        return
+            if offers:
+                accept = self.perMessageCompressionAccept(offers)
+                if accept is not None:
+                    kind = PERMESSAGE_COMPRESSION_EXTENSION[accept.EXTENSION_NAME]
+                    self._perMessageCompress = kind["PMCE"].create_from_offer_accept(
+                        True, accept)
+                    in_use.append(self._perMessageCompress)
+                    agreed = accept.get_extension_string()
         factory: Any = self.factory  # Autobahn's factory: its options
         response = "HTTP/1.1 101 Switching Protocols\r\n"
         if factory.server:
@@ -1138,7 +1163,10 @@ class WireProtocol(WebSocketServerProtocol):
                     response += f"{name}: {one}\r\n"
         if protocol is not None:
             response += f"Sec-WebSocket-Protocol: {protocol}\r\n"
-        response += f"Sec-WebSocket-Accept: {accept_key(self._wskey)}\r\n\r\n"
+        response += f"Sec-WebSocket-Accept: {accept_key(self._wskey)}\r\n"
+        if agreed is not None:
+            response += f"Sec-WebSocket-Extensions: {agreed}\r\n"
+        response += "\r\n"
         self._lane.write(response.encode("utf8"))  # to the socket itself when it can
         self.http_response_data = response
         self.state = self.STATE_OPEN
