@@ -16,7 +16,7 @@ which :class:`fws.protocol.FwsServerProtocol` implements.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from inspect import iscoroutine
 from types import MappingProxyType
@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import autobahn.websocket.protocol as _autobahn_protocol
 from autobahn.twisted.util import create_transport_details, peer2str
 from autobahn.twisted.websocket import ConnectionDeny, WebSocketServerProtocol
-from autobahn.websocket.compress import PERMESSAGE_COMPRESSION_EXTENSION
 from autobahn.wamp.types import TransportDetails
+from autobahn.websocket.compress import PERMESSAGE_COMPRESSION_EXTENSION
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
@@ -399,6 +399,7 @@ class WireProtocol(WebSocketServerProtocol):
     tcpNoDelay: bool
     trustXForwardedFor: int
     versions: Sequence[int]
+    perMessageCompressionAccept: Callable[[list[Any]], Any]
     #: Whether the transport is plain TCP whose socket fws may write itself
     #: (set in connectionMade; the class says True, as for most: see _OPEN_STATE).
     _direct = True
@@ -1130,7 +1131,7 @@ class WireProtocol(WebSocketServerProtocol):
         if self.websocket_extensions:
             offers = []
             for extension, params in self.websocket_extensions:
-                kind = PERMESSAGE_COMPRESSION_EXTENSION.get(extension)
+                kind: Any = PERMESSAGE_COMPRESSION_EXTENSION.get(extension)
                 if kind is not None:
                     try:
                         offers.append(kind["Offer"].parse(params))
