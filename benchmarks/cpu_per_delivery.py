@@ -44,11 +44,11 @@ def cpu_of(pids: list[int]) -> tuple[float, float]:
     return user, system
 
 
-def connect(port: int) -> socket.socket:
+def connect(port: int, path: str = "/broadcast") -> socket.socket:
     """One client through the opening handshake, left non-blocking."""
     s = socket.create_connection(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall((f"GET /broadcast HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+    s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                "Sec-WebSocket-Version: 13\r\n\r\n").encode())
     head = b""

@@ -8,6 +8,9 @@
 #   benchmarks/run.sh cpu SERVERS [RECEIVERS] [MESSAGES] [REPS]
 #                         server user/system CPU per delivery of a lone broadcast
 #                         (benchmarks/cpu_per_delivery.py; defaults 5000 200 3)
+#   benchmarks/run.sh cpu-echo SERVERS [CLIENTS] [ROUNDS] [REPS]
+#                         server user/system CPU per echo round trip
+#                         (benchmarks/cpu_per_echo.py; defaults 100 2000 5)
 #
 # The harness (../shared/bench, or $FWS_BENCH_HARNESS) is copied to $FWS_BENCH_DIR
 # (default /tmp/fws-bench) so that a read-only checkout of it works; the fws
@@ -21,7 +24,7 @@ harness=${FWS_BENCH_HARNESS:-$root/../shared/bench}
 work=${FWS_BENCH_DIR:-/tmp/fws-bench}
 python=${FWS_PYTHON:-$(command -v python3)}
 mode=run
-if [ "${1:-}" = profile ] || [ "${1:-}" = cpu ]; then
+if [ "${1:-}" = profile ] || [ "${1:-}" = cpu ] || [ "${1:-}" = cpu-echo ]; then
     mode=$1
     shift
 fi
@@ -49,15 +52,20 @@ if [ "$mode" = profile ]; then
     fi | tee "$here/profiles/$servers-$scenarios.txt"
     exit 0
 fi
-if [ "$mode" = cpu ]; then
+if [ "$mode" = cpu ] || [ "$mode" = cpu-echo ]; then
     mkdir -p "$here/results"
+    if [ "$mode" = cpu ]; then
+        script=cpu_per_delivery.py args=("${2:-5000}" "${3:-200}" "${4:-3}")
+    else
+        script=cpu_per_echo.py args=("${2:-100}" "${3:-2000}" "${4:-5}")
+    fi
     {
         echo "# $tag"
         echo
         echo "Machine: $(nproc) cores, $(uname -sr), $("$python" --version 2>&1); $(date -u +%Y-%m-%d)."
-        echo "Command: benchmarks/run.sh cpu $servers ${2:-5000} ${3:-200} ${4:-3}"
+        echo "Command: benchmarks/run.sh $mode $servers ${args[*]}"
         echo
-        (cd "$work" && python3 "$here/cpu_per_delivery.py" "$work" "$servers" "${2:-5000}" "${3:-200}" "${4:-3}")
+        (cd "$work" && python3 "$here/$script" "$work" "$servers" "${args[@]}")
     } | tee "$here/results/$tag.md"
     exit 0
 fi
