@@ -650,7 +650,7 @@ local function fws_publish(keys, args)
   redis.call('PEXPIRE', position, ttl)
   redis.call('PUBLISH', prefix .. ':bus', '{"e":' .. cjson.encode(epoch) .. ',"o":' ..
              string.format('%d', offset) .. ',"n":' .. string.format('%d', #channel) ..
-             '}\n' .. channel .. payload)
+             '}\\n' .. channel .. payload)
   return offset
 end
 redis.register_function('fws_publish', fws_publish)
