@@ -18,6 +18,11 @@ channel ``K:bus``              broadcasts relayed between nodes (internal)
 ``K:hist:<group>``             with ``--history``: a Redis Stream of the group's last
                                messages (entry id ``<offset>-<ms>``, fields ``b``, ``p``)
 ``K:histpos:<group>``          with ``--history``: the group's epoch and last offset
+``K:chist:<channel>``          with ``--history``: a pub/sub channel's stream, written by
+                               ``FCALL fws_publish`` (:data:`FUNCTIONS`; field ``p``)
+``K:chistpos:<channel>``       with ``--history``: the channel's epoch and last offset
+``K:histconf``                 with ``--history``: what ``fws_publish`` keeps, written
+                               by every node (the last wins), expiring with the node TTL
 ``--redis_channels``           the user's channels (default ``global``), fed to the
                                consumer chain; glob patterns (``news.*``) use PSUBSCRIBE
 =============================  ==========================================================
@@ -34,6 +39,9 @@ to everyone is not written locally: one Lua script gives it the group's next
 offset, adds it to the group's stream and publishes it on ``K:bus``, and
 every node, the sender's included, delivers it from there; so every member
 on every node sees the group's messages in one order, offset after offset.
+A pub/sub channel's messages are numbered the same way where they are
+published, by the ``fws_publish`` function (:data:`FUNCTIONS`), and reach
+every node once, on ``K:bus``, with their place.
 
 ``storage_object[key]``, the 2014 read, cannot be answered without waiting
 for Redis (2014 blocked the whole server for it): a filter module that reads
@@ -615,6 +623,8 @@ return 1
 #: it once, from there) that nodes tell from their own by its first byte:
 #: ``{"e":epoch,"o":offset,"n":len(channel)}\n`` + channel + payload. Returns
 #: the offset (nil: not kept).
+#:
+#: :meta hide-value:
 FUNCTIONS = b"""#!lua name=fws
 local function fws_publish(keys, args)
   local channel, payload = keys[1], args[1]
