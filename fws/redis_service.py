@@ -254,10 +254,12 @@ _COMMANDS = COMMAND_METHODS - _REFUSED
 _SHAS: dict[bytes, bytes] = {}
 
 
-def _bulk(value: str | bytes | int) -> bytes:
+def _bulk(value: str | bytes | bytearray | memoryview | int) -> bytes:
     """One argument of a command as Redis takes it: UTF-8 text, bytes, or a whole number."""
     if isinstance(value, bytes):
         return value
+    if isinstance(value, (bytearray, memoryview)):  # (what a message filter holds)
+        return bytes(value)
     if isinstance(value, str):
         return value.encode()
     return b"%d" % value
@@ -756,7 +758,7 @@ class RedisService(Service):
         conn.scripts.discard(sha)
         return conn.fast_command(b"EVAL", body, *rest).addCallback(_loaded, conn, sha)
 
-    def command(self, *args: str | bytes | int) -> Deferred[Any]:
+    def command(self, *args: str | bytes | bytearray | memoryview | int) -> Deferred[Any]:
         """
         Any other command, written straight to the command connection as
         :meth:`run_script` writes EVAL (for commands txredisapi has no method

@@ -320,7 +320,7 @@ async def test_publish_kept_from_python(reactor: Any, redis: RedisProcess) -> No
         await all_ready(reactor, servers)
         reader = await b.connect(protocols=V1)
         assert await a.factory.storage_object.publish_kept("global", "from python") == 1
-        assert await a.factory.storage_object.publish_kept("global", b"\x80") == 2
+        assert await a.factory.storage_object.publish_kept("global", bytearray(b"\x80")) == 2
         assert [(h["offset"], body, binary) for h, body, binary in
                 [await headed(reader) for _ in range(2)]] == [
             (1, b"from python", False), (2, b"\x80", True)]

@@ -367,7 +367,8 @@ class RedisStorage(StorageBase, MultiService):
         """Publish on a channel as any Redis client would (no key prefix, no envelope)."""
         return self.redis.publish(channel, data)
 
-    def publish_kept(self, channel: str, data: str | bytes) -> Deferred[int | None]:
+    def publish_kept(self, channel: str,
+                     data: str | bytes | bytearray | memoryview) -> Deferred[int | None]:
         """
         Publish so that the message is kept in ``channel``'s history
         (``FCALL fws_publish``, see :data:`FUNCTIONS`): fires with its offset,
