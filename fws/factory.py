@@ -23,6 +23,7 @@ from fws.history import (
     SUBPROTOCOL,
     HistoryStore,
     MemoryHistory,
+    Once,
     Replay,
     Replayer,
     header,
@@ -110,7 +111,15 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         #: node's replays, and group -> {connection id: its replay} while they run.
         self.history: HistoryStore | None = None
         self._replayer: Replayer | None = None
-        self._replaying: dict[str, dict[str, Replay]] = {}
+        #: Keyed by (is a channel, name): a token group and a pub/sub channel of one
+        #: name are two groups (two histories with Redis: ``hist`` and ``chist``).
+        self._replaying: dict[tuple[bool, str], dict[str, Replay]] = {}
+        #: While the consumer chain runs a pub/sub message that Redis kept
+        #: (``FCALL fws_publish``): (channel, payload, (epoch, offset)), for the
+        #: chain's :meth:`broadcast_channel` to deliver with that position.
+        self._pubsub_kept: tuple[str, bytes, tuple[str, int]] | None = None
+        #: Channels whose kept messages a consumer filter changed (warned once each).
+        self._changed_warned = Once(1000)
         #: Open users that take headers (fws.v1): while there are none, a group
         #: message is framed once, plain, as without history.
         self._headed = 0
@@ -367,6 +376,19 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         data, binary = normalize_payload(payload, isBinary)
         history = self.history
         if history is not None:
+            kept, self._pubsub_kept = self._pubsub_kept, None
+            if kept is not None and kept[0] == channel:
+                if kept[1] == data:
+                    # Redis kept it and gave it its place: deliver it there (a second
+                    # call for the same message has none: it was taken here).
+                    epoch, offset = kept[2]
+                    return self.deliver_history(channel, epoch, offset, None, binary, data, True)
+                if self._changed_warned.first(channel):
+                    self._log.warn(
+                        "a consumer filter changed a kept message of channel {channel} before "
+                        "broadcast_channel: it is delivered without a place in the history "
+                        "(null epoch and offset), since a replay would show what was kept, "
+                        "not what was delivered (said once per channel)", channel=channel)
             return history.record(channel, None, binary, data, channel=True)
         return self.send_all(data, binary, None, self._lanes.values())
 
@@ -389,7 +411,7 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         if not self._headed:
             return self.send_all(payload, is_binary, exclude, lanes)
         headed = header(group, epoch, offset) + payload
-        replaying = self._replaying.get(group)
+        replaying = self._replaying.get((everyone and group != EVERYONE, group))
         sent = self.send_split(payload, headed, is_binary, exclude, lanes, replaying)
         if replaying and offset is not None:
             replayer = self._replayer
@@ -421,8 +443,8 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         token_groups = "fws.filters.broadcast_messages_by_token" in modules
         channels = "fws.filters.broadcast_pubsub" in modules
         for group, (epoch, offset) in positions.items():
-            joins = not (group == EVERYONE or history.is_channel(group)
-                         or (channels and not token_groups))
+            channel = group != EVERYONE and history.is_channel(group)
+            joins = not (group == EVERYONE or channel or (channels and not token_groups))
             if joins:
                 if conn.token is not None and conn.token != group:
                     refusal: str | None = ("Error: a connection is in one broadcast group at a "
@@ -432,9 +454,12 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
                 if refusal is not None:
                     conn.sendMessage(refusal)
                     continue
-            replay = Replay(conn, group, epoch, offset)
+            # A group that is not joined is a channel's (everyone's, for "*"): its
+            # live messages come through broadcast_channel (broadcast_all).
+            channel = channel or (not joins and group != EVERYONE)
+            replay = Replay(conn, group, epoch, offset, channel)
             # Skipped by live delivery from now on: what comes meanwhile is held.
-            self._replaying.setdefault(group, {})[conn.id] = replay
+            self._replaying.setdefault((channel, group), {})[conn.id] = replay
             if conn._replays is None:
                 conn._replays = []
             conn._replays.append(replay)
@@ -443,17 +468,29 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
             replayer.start(replay)
 
     def history_fenced(self, fence: str) -> None:
-        """A replay's fence came back from the history store (Redis): see :class:`fws.history.Replayer`."""
-        if self._replayer is not None:
-            self._replayer.fenced(fence)
+        """
+        A replay's fence came back from the history store (Redis): see
+        :class:`fws.history.Replayer`. Once the consumer chain has gone
+        asynchronous, the fence queues behind the pub/sub messages that
+        arrived before it (kept channel messages still on their way to
+        :meth:`broadcast_channel`), so that no replay ends before a live
+        message its read already covered is delivered (and held).
+        """
+        if self._replayer is None:
+            return
+        if self._consumer is not None:
+            self._consumer.submit((None, fence, None, None))
+            return
+        self._replayer.fenced(fence)
 
     def replay_done(self, replay: Replay) -> None:
         """``replay`` has ended: its connection gets the group's live messages again."""
-        replaying = self._replaying.get(replay.group)
+        key = (replay.channel, replay.group)
+        replaying = self._replaying.get(key)
         if replaying is not None and replaying.get(replay.conn.id) is replay:
             del replaying[replay.conn.id]
             if not replaying:
-                del self._replaying[replay.group]
+                del self._replaying[key]
         replays = getattr(replay.conn, "_replays", None)
         if replays and replay in replays:
             replays.remove(replay)
@@ -465,17 +502,22 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
 
     # --- pub/sub -------------------------------------------------------------------------
 
-    def deliver_pubsub(self, channel: str, data: bytes, pattern: str | None = None) -> None:
+    def deliver_pubsub(self, channel: str, data: bytes, pattern: str | None = None, *,
+                       position: tuple[str, int] | None = None) -> None:
         """
         Feed one pub/sub message to the consumer chain (the storage object calls this).
 
         Messages are processed in arrival order even when consumer filters go
         asynchronous.
+
+        :param position: (epoch, offset) the history store gave the message
+            already (Redis's ``fws_publish``): the chain's
+            :meth:`broadcast_channel` delivers it there instead of recording it.
         """
         self.stats.pubsub_received += 1
         if not self.pipeline.consumer:
             return
-        item = (channel, data, pattern)
+        item = (channel, data, pattern, position)
         if self._consumer is not None:
             self._consumer.submit(item)
             return
@@ -483,10 +525,32 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         if outcome is not None and isinstance(outcome, Deferred):
             self._consumer = Ordered(self._run_consumer, busy_with=outcome)
 
-    def _run_consumer(self, item: tuple[str, bytes, str | None]) -> Any:
-        channel, data, pattern = item
+    def _run_consumer(self, item: tuple[str | None, Any, str | None, tuple[str, int] | None]) -> Any:
+        channel, data, pattern, position = item
+        if channel is None:  # a replay's fence, queued behind the messages before it
+            if self._replayer is not None:
+                self._replayer.fenced(data)
+            return None
         message = {"type": "message", "pattern": pattern, "channel": channel, "data": data}
-        return run_chain(self.pipeline.consumer, self, message, event="consumer", conn_id="server")
+        if position is None:
+            return run_chain(self.pipeline.consumer, self, message, event="consumer",
+                             conn_id="server")
+        self._pubsub_kept = (channel, data, position)
+        outcome = run_chain(self.pipeline.consumer, self, message, event="consumer",
+                            conn_id="server")
+        if isinstance(outcome, Deferred):
+            # The chain went asynchronous: its broadcast_channel may come later, and
+            # the next message waits for this one (fws.ordered), so the position waits too.
+            outcome.addBoth(self._kept_done, self._pubsub_kept)
+        else:
+            self._pubsub_kept = None
+        return outcome
+
+    def _kept_done(self, result: Any, kept: Any) -> Any:
+        """A kept message's asynchronous consumer chain is over: its position goes with it."""
+        if self._pubsub_kept is kept:
+            self._pubsub_kept = None
+        return result
 
     # --- shutdown ------------------------------------------------------------------------
 

@@ -93,6 +93,30 @@ def control(group: str, recovered: bool, epoch: str | None, offset: int | None) 
                       separators=(",", ":"), ensure_ascii=False)
 
 
+class Once:
+    """
+    Remembers which keys something was already said for, at most ``most`` of
+    them (the oldest forgotten first): one warning per channel, and a
+    publisher inventing channel names cannot grow it without bound.
+    """
+
+    __slots__ = ("_most", "_seen")
+
+    def __init__(self, most: int = 1000) -> None:
+        self._most = most
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def first(self, key: str) -> bool:
+        """Whether ``key`` is new (it is remembered from now on)."""
+        seen = self._seen
+        if key in seen:
+            return False
+        seen[key] = None
+        if len(seen) > self._most:
+            seen.popitem(last=False)
+        return True
+
+
 class ResumeError(ValueError):
     """A ``resume`` parameter fws cannot use; the message says why, in one line."""
 
@@ -368,6 +392,8 @@ class Replay:
     group: str
     epoch: str
     cursor: int
+    #: The group is a pub/sub channel (whose history is not a token group's of that name).
+    channel: bool = False
     id: str = field(default_factory=lambda: secrets.token_hex(6))
     #: Read, to be sent: ``(offset, binary, payload)`` (the header is added as each is sent).
     entries: deque[tuple[int, bool, bytes]] = field(default_factory=deque)
@@ -625,6 +651,7 @@ __all__ = [
     "HistoryServer",
     "HistoryStore",
     "MemoryHistory",
+    "Once",
     "Page",
     "Replay",
     "Replayer",

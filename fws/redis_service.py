@@ -254,10 +254,12 @@ _COMMANDS = COMMAND_METHODS - _REFUSED
 _SHAS: dict[bytes, bytes] = {}
 
 
-def _bulk(value: str | bytes | int) -> bytes:
+def _bulk(value: str | bytes | bytearray | memoryview | int) -> bytes:
     """One argument of a command as Redis takes it: UTF-8 text, bytes, or a whole number."""
     if isinstance(value, bytes):
         return value
+    if isinstance(value, (bytearray, memoryview)):  # (what a message filter holds)
+        return bytes(value)
     if isinstance(value, str):
         return value.encode()
     return b"%d" % value
@@ -755,6 +757,29 @@ class RedisService(Service):
             return failure
         conn.scripts.discard(sha)
         return conn.fast_command(b"EVAL", body, *rest).addCallback(_loaded, conn, sha)
+
+    def command(self, *args: str | bytes | bytearray | memoryview | int) -> Deferred[Any]:
+        """
+        Any other command, written straight to the command connection as
+        :meth:`run_script` writes EVAL (for commands txredisapi has no method
+        for: ``FUNCTION LOAD``, ``FCALL``); fails as :meth:`execute` does, and
+        refuses the same commands.
+        """
+        name = _bulk(args[0]).decode("ascii", "replace").lower() if args else ""
+        if not name or name in _REFUSED:
+            return fail(ValueError(f"{name.upper() or 'an empty command'} is not available on "
+                                   "fws's shared Redis command connection"))
+        link = self._command_link
+        conn = link.proto if link is not None else None
+        if conn is None:
+            self._dropped += 1
+            self.failed_fast += 1
+            return fail(RedisUnavailable("Redis is not connected"))
+        words = [_bulk(a) for a in args]
+        if not conn.can_publish:
+            result: Deferred[Any] = conn.execute_command(*words)
+            return result
+        return conn.fast_command(*words)
 
     def publish(self, channel: str | bytes, data: str | bytes) -> Deferred[int]:
         """

@@ -427,8 +427,13 @@ class FakeServer:
 
     # --- what the storage object calls (fws.storage_objects.StorageServer) -------------
 
-    def deliver_pubsub(self, channel: str, data: bytes, pattern: str | None = None) -> None:
-        """A pub/sub message for the consumer chain, in arrival order as on the server."""
+    def deliver_pubsub(self, channel: str, data: bytes, pattern: str | None = None, *,
+                       position: tuple[str, int] | None = None) -> None:
+        """
+        A pub/sub message for the consumer chain, in arrival order as on the
+        server (which takes ``position`` too; the fake keeps no history, so a
+        message's place in one changes nothing here).
+        """
         self._turns += 1
         if self._turns > MAX_TURNS:
             self._turns = 0

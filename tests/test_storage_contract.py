@@ -98,6 +98,26 @@ async def test_a_five_method_storage_module_gets_the_single_process_defaults(
         await server.stop()
 
 
+@pytest_twisted.ensureDeferred
+async def test_publish_kept_is_publish_where_the_node_keeps_history(
+    reactor: Any, tmp_path: Path
+) -> None:
+    """Memory storage, and a storage of 2014 (its default): delivered, kept by the node, no offset."""
+    from tests.test_history import split
+
+    name = write_module(tmp_path, FIVE_METHODS, prefix="storage")
+    for storage_name in ("fws.storage_objects.memory", name):
+        server = Server.from_argv(reactor, "-f", "fws.filters.broadcast_pubsub", "--storage",
+                                  storage_name, "--history", "5").start()
+        try:
+            client = await server.connect(protocols=["fws.v1"])
+            assert await server.factory.storage_object.publish_kept("global", "kept") is None
+            head, body = split((await client.recv())[0])
+            assert (head["group"], head["offset"], body) == ("global", 1, b"kept")
+        finally:
+            await server.stop()
+
+
 def test_a_storage_object_without_a_required_method_is_a_clear_error(
     reactor: Any, tmp_path: Path
 ) -> None:

@@ -41,7 +41,7 @@ import inspect
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred
 
@@ -58,8 +58,12 @@ class StorageServer(Protocol):
     def groups(self) -> Mapping[str, Mapping[str, object]]:
         """Token group name -> this node's members by id (to restore them in shared storage)."""
 
-    def deliver_pubsub(self, channel: str, data: bytes, pattern: str | None) -> None:
-        """A pub/sub message for the consumer chain."""
+    def deliver_pubsub(self, channel: str, data: bytes, pattern: str | None, *,
+                       position: tuple[str, int] | None = None) -> None:
+        """
+        A pub/sub message for the consumer chain; ``position``: its (epoch,
+        offset) in the channel's history, where the storage kept it (Redis).
+        """
 
     def deliver_relayed(self, group: str | None, exclude_id: str | None, is_binary: bool,
                         payload: bytes) -> object:
@@ -130,6 +134,15 @@ class StorageObject(Protocol):
     def publish(self, channel: str, data: str | bytes) -> Deferred[int]:
         """Publish ``data`` on ``channel``; fire with the number of receivers."""
 
+    def publish_kept(self, channel: str, data: str | bytes) -> Deferred[int | None]:
+        """
+        Publish ``data`` on ``channel`` so that ``--history`` keeps it for
+        resume on every node: with Redis through ``FCALL fws_publish``, firing
+        with its offset (``None`` when no node keeps history); elsewhere, as
+        ``publish`` (whose channel messages the node's own history keeps),
+        firing with ``None``.
+        """
+
 
 class StorageBase:
     """The single-process defaults of :class:`StorageObject`'s server-side half."""
@@ -157,6 +170,12 @@ class StorageBase:
 
     def history(self, server: Any, reactor: Any, limits: Any) -> Any:
         return None
+
+    def publish_kept(self, channel: str, data: str | bytes) -> Deferred[int | None]:
+        # One process: the node's history keeps what publish delivers; no offset is
+        # known until the consumer chain has run.
+        published: Deferred[Any] = cast(Any, self).publish(channel, data)
+        return published.addCallback(lambda _: None)
 
 
 class Members(set[bytes]):
@@ -227,7 +246,7 @@ def subscript_problem(module: ModuleType, storage: str | None) -> str | None:
 #: What every storage object must have itself (the filter-facing methods and attach).
 REQUIRED = ("attach", "get", "add", "remove", "publish")
 _DEFAULTS = ("shared", "health", "relay", "member_joined", "member_left", "collect_metrics",
-             "details", "history")
+             "details", "history", "publish_kept")
 
 
 def complete(storage: Any, name: str) -> StorageObject:

@@ -18,6 +18,11 @@ channel ``K:bus``              broadcasts relayed between nodes (internal)
 ``K:hist:<group>``             with ``--history``: a Redis Stream of the group's last
                                messages (entry id ``<offset>-<ms>``, fields ``b``, ``p``)
 ``K:histpos:<group>``          with ``--history``: the group's epoch and last offset
+``K:chist:<channel>``          with ``--history``: a pub/sub channel's stream, written by
+                               ``FCALL fws_publish`` (:data:`FUNCTIONS`; field ``p``)
+``K:chistpos:<channel>``       with ``--history``: the channel's epoch and last offset
+``K:histconf``                 with ``--history``: what ``fws_publish`` keeps, written
+                               by every node (the last wins), expiring with the node TTL
 ``--redis_channels``           the user's channels (default ``global``), fed to the
                                consumer chain; glob patterns (``news.*``) use PSUBSCRIBE
 =============================  ==========================================================
@@ -34,6 +39,9 @@ to everyone is not written locally: one Lua script gives it the group's next
 offset, adds it to the group's stream and publishes it on ``K:bus``, and
 every node, the sender's included, delivers it from there; so every member
 on every node sees the group's messages in one order, offset after offset.
+A pub/sub channel's messages are numbered the same way where they are
+published, by the ``fws_publish`` function (:data:`FUNCTIONS`), and reach
+every node once, on ``K:bus``, with their place.
 
 ``storage_object[key]``, the 2014 read, cannot be answered without waiting
 for Redis (2014 blocked the whole server for it): a filter module that reads
@@ -44,7 +52,6 @@ past that raises a ``TypeError`` saying what to write instead
 
 from __future__ import annotations
 
-import fnmatch
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -57,7 +64,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from fws.config import ConfigError, Option
-from fws.history import PAGE_BYTES, Page, new_epoch
+from fws.history import MAX_EPOCH, MAX_OFFSET, PAGE_BYTES, Once, Page, new_epoch
 from fws.redis_sentinel import MAX_SENTINELS, SENTINEL_PORT, check_master_name, parse_sentinels
 from fws.redis_service import (
     RedisAddress,
@@ -121,6 +128,87 @@ OPTIONS: tuple[Option, ...] = (
 GLOB = frozenset("*?[")
 
 
+def _signed(byte: int) -> int:
+    """A byte as C's ``char`` compares it in Redis's ranges (signed on x86 and arm64 Linux)."""
+    return byte - 256 if byte > 127 else byte
+
+
+def glob_match(pattern: bytes, name: bytes) -> bool:
+    """
+    Whether channel ``name`` matches ``pattern`` as Redis's PSUBSCRIBE
+    matches it (``stringmatchlen`` in Redis's ``util.c``, which this
+    follows step by step): ``*``, ``?``, ``[abc]``, ``[^abc]``, ``[a-z]``
+    (reversed ranges too), ``\\`` escaping the next character, inside a
+    class as well; an unterminated class ends at the pattern's end. The node
+    decides with it which kept channel messages (``fws_publish``, which
+    arrive on ``K:bus``, not on their channel) are its own; ``fnmatch`` is
+    not the same (``[!...]``, no escapes).
+    """
+    skip = [False]
+    return _match(pattern, 0, name, 0, skip)
+
+
+def _match(pat: bytes, p: int, text: bytes, s: int, skip: list[bool]) -> bool:
+    plen, slen = len(pat), len(text)
+    while p < plen and s < slen:
+        c = pat[p]
+        if c == 0x2A:  # '*'
+            while p + 1 < plen and pat[p + 1] == 0x2A:
+                p += 1
+            if p + 1 == plen:
+                return True
+            while s < slen:
+                if _match(pat, p + 1, text, s, skip):
+                    return True
+                if skip[0]:
+                    return False
+                s += 1
+            # The rest cannot match this or any later start (Redis's skipLongerMatches).
+            skip[0] = True
+            return False
+        if c == 0x3F:  # '?'
+            s += 1
+        elif c == 0x5B:  # '['
+            p += 1
+            negate = p < plen and pat[p] == 0x5E
+            if negate:
+                p += 1
+            matched = False
+            while True:
+                if p < plen and pat[p] == 0x5C and plen - p >= 2:
+                    p += 1
+                    matched = matched or pat[p] == text[s]
+                elif p < plen and pat[p] == 0x5D:
+                    break
+                elif p >= plen:
+                    p -= 1
+                    break
+                elif plen - p >= 3 and pat[p + 1] == 0x2D:
+                    low, high = sorted((_signed(pat[p]), _signed(pat[p + 2])))
+                    p += 2
+                    matched = matched or low <= _signed(text[s]) <= high
+                else:
+                    matched = matched or pat[p] == text[s]
+                p += 1
+            if negate:
+                matched = not matched
+            if not matched:
+                return False
+            s += 1
+        else:
+            if c == 0x5C and plen - p >= 2:
+                p += 1
+            if pat[p] != text[s]:
+                return False
+            s += 1
+        p += 1
+        if s == slen:
+            while p < plen and pat[p] == 0x2A:
+                p += 1
+            break
+    return p == plen and s == slen
+
+
 class RedisStorage(StorageBase, MultiService):
     """:class:`fws.storage_objects.StorageObject` on Redis, plus the node-to-node relay."""
 
@@ -150,17 +238,34 @@ class RedisStorage(StorageBase, MultiService):
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = reactor
         self._history: RedisHistory | None = None
-        self._channels = [c for c in channels if not GLOB & set(c)]
-        self._patterns = [c for c in channels if GLOB & set(c)]
+        self._channels = frozenset(c for c in channels if not GLOB & set(c))
+        self._patterns = [c.encode("utf-8") for c in channels if GLOB & set(c)]
+        #: Channels published to with a plain PUBLISH while history is on (warned once each).
+        self._plain_warned = Once(1000)
 
     def history(self, server: Any, reactor: Any, limits: Any) -> RedisHistory:
         """With ``--history``: one Redis Stream per group, shared by every node."""
-        self._history = RedisHistory(self, server, limits.history_size, limits.history_ttl)
+        self._history = RedisHistory(self, server, limits.history_size, limits.history_ttl,
+                                     limits.max_message_size)
         return self._history
 
     def is_channel(self, name: str) -> bool:
         """Whether ``name`` is one of the pub/sub channels (or patterns) this node subscribes to."""
-        return name in self._channels or any(fnmatch.fnmatchcase(name, p) for p in self._patterns)
+        return self.serving(name) is not False
+
+    def serving(self, name: str) -> str | bool | None:
+        """
+        How this node subscribes to channel ``name``: ``None`` by its name, the
+        pattern (the first of ``--redis_channels`` that matches, as Redis
+        would say it) or ``False`` for not at all.
+        """
+        if name in self._channels:
+            return None
+        raw = name.encode("utf-8", "surrogateescape")
+        for pattern in self._patterns:
+            if glob_match(pattern, raw):
+                return pattern.decode("utf-8")
+        return False
 
     # --- wiring ------------------------------------------------------------------------
 
@@ -262,6 +367,17 @@ class RedisStorage(StorageBase, MultiService):
         """Publish on a channel as any Redis client would (no key prefix, no envelope)."""
         return self.redis.publish(channel, data)
 
+    def publish_kept(self, channel: str,
+                     data: str | bytes | bytearray | memoryview) -> Deferred[int | None]:
+        """
+        Publish so that the message is kept in ``channel``'s history
+        (``FCALL fws_publish``, see :data:`FUNCTIONS`): fires with its offset,
+        or ``None`` if no node keeps history (it was published plainly);
+        fails with Redis's error for a payload over ``--max-message-size``.
+        """
+        d = self.redis.command(b"FCALL", b"fws_publish", b"1", channel, data, self.key)
+        return d.addCallback(lambda offset: offset if offset is None else int(offset))
+
     # --- one logical server --------------------------------------------------------------
 
     def relay(self, group: str | None, exclude_id: str | None, is_binary: bool, payload: bytes) -> None:
@@ -284,6 +400,9 @@ class RedisStorage(StorageBase, MultiService):
             return
         if channel == self.bus and pattern is None:
             header, _, payload = data.partition(b"\n")
+            if header[:1] == b"{":  # a channel message fws_publish kept
+                self._kept_channel_message(header, payload)
+                return
             try:
                 parts = json.loads(header)
                 if len(parts) == 6:  # a group message with its place in the history
@@ -309,10 +428,42 @@ class RedisStorage(StorageBase, MultiService):
             if origin != self.node_id:
                 server.deliver_relayed(group, exclude_id, bool(is_binary), payload)
             return
+        name = channel.decode("utf-8", "backslashreplace")
+        if self._history is not None and self._plain_warned.first(name):
+            log.warn("channel {channel} was published to with a plain PUBLISH: its messages are "
+                     "delivered with null epoch and offset and are not kept for resume; publish "
+                     "with FCALL fws_publish 1 {channel} <payload> {prefix} to keep them (said "
+                     "once per channel)", channel=name, prefix=self.key)
         server.deliver_pubsub(
-            channel.decode("utf-8", "backslashreplace"), data,
+            name, data,
             pattern.decode("utf-8", "backslashreplace") if pattern is not None else None,
         )
+
+    def _kept_channel_message(self, header: bytes, rest: bytes) -> None:
+        """
+        ``{"e":epoch,"o":offset,"n":length}\\n`` + channel + payload on ``K:bus``:
+        a message ``fws_publish`` kept; the consumer chain gets it if this node
+        serves the channel (by name or pattern), with its position.
+        """
+        server = self._server
+        assert server is not None
+        try:
+            fields = json.loads(header)
+            epoch, offset, length = fields["e"], fields["o"], fields["n"]
+        except (ValueError, TypeError, KeyError):
+            fields = None
+        if (fields is None or not isinstance(epoch, str) or not 0 < len(epoch) <= MAX_EPOCH
+                or type(offset) is not int or not 0 < offset <= MAX_OFFSET
+                or type(length) is not int or not 0 < length <= len(rest)):
+            log.warn("ignoring a malformed message on {bus}", bus=self.bus.decode())
+            return
+        name = rest[:length].decode("utf-8", "backslashreplace")
+        pattern = self.serving(name)
+        if pattern is False:
+            return
+        assert pattern is not True
+        position = (epoch, offset) if self._history is not None else None
+        server.deliver_pubsub(name, rest[length:], pattern, position=position)
 
     def member_joined(self, group: str, member_id: str) -> None:
         self._quietly(gatherResults([
@@ -341,7 +492,22 @@ class RedisStorage(StorageBase, MultiService):
                 commands.append(self.redis.execute("sadd", self._k(f"group:{group}"), list(members)))
                 commands.append(self.redis.execute("sadd", self._k(f"node:{self.node_id}:groups"),
                                                    [group]))
+        history = self._history
+        if history is not None:
+            # Redis may have restarted, or its functions been flushed: load the library
+            # again (first, so that this node's own FCALLs after it find it).
+            load = self.redis.command(b"FUNCTION", b"LOAD", b"REPLACE", FUNCTIONS)
+            load.addErrback(self._function_failed)
+            commands += [load, history.write_conf()]
         self._quietly(gatherResults(commands, consumeErrors=True))
+
+    @staticmethod
+    def _function_failed(failure: Any) -> Any:
+        if not failure.check(RedisConnectionError):
+            log.warn("could not load the fws function library into Redis (FCALL fws_publish "
+                     "fails until a node does; Redis 7 or later is needed): {reason}",
+                     reason=failure.getErrorMessage())
+        return failure
 
     def _beat(self) -> Deferred[None] | None:
         if not self.redis.commands_connected or self._server is None:
@@ -354,6 +520,8 @@ class RedisStorage(StorageBase, MultiService):
         execute = self.redis.execute
         alive = await execute("set", self._k(f"node:{self.node_id}"), b"1", int(self.node_ttl) or 1)
         del alive
+        if self._history is not None:
+            await self._history.write_conf()
         await execute("sadd", self._k("nodes"), [self.node_id])
         for node in await execute("smembers", self._k("nodes")):
             node_id = node.decode("utf-8", "replace")
@@ -437,29 +605,114 @@ return {epoch, last, entries, t[1], t[2], complete}
 """
 
 
+#: KEYS: ``K:histconf``. ARGV: SIZE, TTL in ms, the largest payload, how long the
+#: configuration lives (ms: the node TTL, so that it goes once no node refreshes it).
+CONF = """
+redis.call('HSET', KEYS[1], 'size', ARGV[1], 'ttl', ARGV[2], 'max', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+#: The function library every node with ``--history`` loads (``FUNCTION LOAD
+#: REPLACE``) on each (re)connect: ``FCALL fws_publish 1 <channel> <payload>
+#: [prefix]`` is how anyone (the user's backend) publishes to a channel so that
+#: it is kept. Without ``K:histconf`` (no node with history alive) it is a plain
+#: PUBLISH. Otherwise, as APPEND does for a token group, in one atomic step:
+#: the channel's next offset (``K:chistpos:<channel>``, a new epoch if it had
+#: none), the entry in ``K:chist:<channel>`` (``MAXLEN ~ SIZE``, expiring with
+#: the TTL), and one message on ``K:bus`` (not on the channel: every node hears
+#: it once, from there) that nodes tell from their own by its first byte:
+#: ``{"e":epoch,"o":offset,"n":len(channel)}\n`` + channel + payload. Returns
+#: the offset (nil: not kept).
+#:
+#: :meta hide-value:
+FUNCTIONS = b"""#!lua name=fws
+local function fws_publish(keys, args)
+  local channel, payload = keys[1], args[1]
+  if channel == nil or payload == nil or #keys ~= 1 then
+    return redis.error_reply('ERR usage: FCALL fws_publish 1 <channel> <payload> [prefix]')
+  end
+  local prefix = args[2] or 'fws'
+  local conf = redis.call('HMGET', prefix .. ':histconf', 'size', 'ttl', 'max')
+  local size, ttl, most = tonumber(conf[1]), tonumber(conf[2]), tonumber(conf[3])
+  if not size or not ttl or size < 1 then
+    redis.call('PUBLISH', channel, payload)
+    return false
+  end
+  if most and #payload > most then
+    return redis.error_reply(string.format(
+      'ERR fws_publish: the payload is %d bytes, more than the %d of --max-message-size',
+      #payload, most))
+  end
+  local stream = prefix .. ':chist:' .. channel
+  local position = prefix .. ':chistpos:' .. channel
+  local t = redis.call('TIME')
+  local epoch = redis.call('HGET', position, 'e')
+  if not epoch then
+    epoch = string.sub(redis.sha1hex(t[1] .. '.' .. t[2] .. '.' .. channel), 1, 8)
+    redis.call('DEL', stream)
+    redis.call('HSET', position, 'e', epoch, 'o', 0)
+  end
+  local offset = redis.call('HINCRBY', position, 'o', 1)
+  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('XADD', stream, 'MAXLEN', '~', size, string.format('%d-%d', offset, ms),
+             'p', payload)
+  redis.call('PEXPIRE', stream, ttl)
+  redis.call('PEXPIRE', position, ttl)
+  redis.call('PUBLISH', prefix .. ':bus', '{"e":' .. cjson.encode(epoch) .. ',"o":' ..
+             string.format('%d', offset) .. ',"n":' .. string.format('%d', #channel) ..
+             '}\\n' .. channel .. payload)
+  return offset
+end
+redis.register_function('fws_publish', fws_publish)
+"""
+
+
+def _is_binary(payload: bytes) -> bool:
+    """What a channel message is live (not valid UTF-8: binary), for one kept without a flag."""
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
 class RedisHistory:
     """
     :class:`fws.history.HistoryStore` on Redis: one stream per group, shared
-    by every node (see the module's documentation). Pub/sub channels are not
-    kept (every node receives their messages itself, with nothing to tell one
-    copy from another): their messages reach ``fws.v1`` clients with a header
-    whose epoch and offset are ``null``, as do group messages while Redis is
-    unavailable, which are then delivered on this node only.
+    by every node (see the module's documentation). A pub/sub channel's
+    messages are kept where they are published, by ``FCALL fws_publish``
+    (:data:`FUNCTIONS`), and come to every node once on ``K:bus`` with their
+    place; published with a plain PUBLISH they reach ``fws.v1`` clients with
+    a header whose epoch and offset are ``null``, as do group messages while
+    Redis is unavailable, which are then delivered on this node only.
     """
 
     fences = True
 
-    def __init__(self, storage: RedisStorage, server: Any, size: int, ttl: float) -> None:
+    def __init__(self, storage: RedisStorage, server: Any, size: int, ttl: float,
+                 max_message_size: int = 0) -> None:
         self.storage = storage
         self.server = server
         self.size = size
         self.ttl_ms = max(1, int(ttl * 1000))
+        self.max_message_size = max_message_size
         self.kept = 0
         self.failures = 0
 
-    def _keys(self, group: str) -> list[str | bytes]:
-        key = self.storage.key
-        return [f"{key}:hist:{group}", f"{key}:histpos:{group}", self.storage.bus]
+    def _keys(self, group: str, channel: bool = False) -> list[str | bytes]:
+        key, kind = self.storage.key, "chist" if channel else "hist"
+        return [f"{key}:{kind}:{group}", f"{key}:{kind}pos:{group}", self.storage.bus]
+
+    def write_conf(self) -> Deferred[Any]:
+        """
+        Tell ``fws_publish`` what to keep (``K:histconf``), for the node TTL:
+        every node writes it, the last one wins, so every node must be given
+        the same ``--history``, ``--history-ttl`` and ``--max-message-size``.
+        """
+        storage = self.storage
+        return storage.redis.run_script(CONF, [f"{storage.key}:histconf"], [
+            self.size, self.ttl_ms, self.max_message_size, max(1000, int(storage.node_ttl * 1000))])
 
     def is_channel(self, group: str) -> bool:
         return self.storage.is_channel(group)
@@ -467,6 +720,8 @@ class RedisHistory:
     def record(self, group: str, exclude_id: str | None, is_binary: bool, payload: bytes,
                channel: bool = False) -> int:
         if channel:
+            # Published with a plain PUBLISH (or changed by a consumer filter): every
+            # node has its own copy, with no place in the channel's history.
             return int(self.server.deliver_history(group, None, None, None, is_binary, payload,
                                                    True))
         start = json.dumps([self.storage.node_id, group, exclude_id, is_binary],
@@ -497,7 +752,8 @@ class RedisHistory:
 
     def read(self, group: str, after: int, count: int, fence: str) -> Deferred[Page]:
         message = json.dumps(["fence", self.storage.node_id, fence]) if fence else ""
-        d = self.storage.redis.run_script(READ, self._keys(group), [
+        channel = self.is_channel(group)
+        d = self.storage.redis.run_script(READ, self._keys(group, channel), [
             after, count, new_epoch(), self.ttl_ms, message, PAGE_BYTES])
         return d.addCallback(self._page)
 
@@ -508,8 +764,11 @@ class RedisHistory:
         for entry_id, fields in entries or ():
             offset, _, ms = entry_id.partition(b"-")
             values = dict(zip(fields[::2], fields[1::2]))
-            page.append((int(offset), int(ms) / 1000.0, values.get(b"b") == b"1",
-                         values.get(b"p", b"")))
+            payload = values.get(b"p", b"")
+            flag = values.get(b"b")
+            # A channel's entries (fws_publish) have no flag: binary as it was live.
+            binary = _is_binary(payload) if flag is None else flag == b"1"
+            page.append((int(offset), int(ms) / 1000.0, binary, payload))
         return Page(epoch.decode(), int(last or 0), page, int(seconds) + int(micros) / 1e6,
                     bool(int(complete)))
 
@@ -584,4 +843,5 @@ def make_storage_object(config: Any, reactor: Any) -> RedisStorage:
                         sentinel_timeout=timeouts["redis_sentinel_timeout"])
 
 
-__all__ = ["OPTIONS", "RedisHistory", "RedisStorage", "RedisUnavailable", "make_storage_object"]
+__all__ = ["FUNCTIONS", "OPTIONS", "RedisHistory", "RedisStorage", "RedisUnavailable",
+           "glob_match", "make_storage_object"]
