@@ -26,6 +26,8 @@ import socket
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -101,11 +103,14 @@ def run(bench: object, name: str, cmd: str, logs: str, receivers: int, messages:
         srv.stop()
 
 
-def main() -> None:
-    harness, servers = sys.argv[1], sys.argv[2].split(",")
-    receivers = int(sys.argv[3]) if len(sys.argv) > 3 else 5000
-    messages = int(sys.argv[4]) if len(sys.argv) > 4 else 200  # run.sh cpu's default too
-    reps = int(sys.argv[5]) if len(sys.argv) > 5 else 3
+def measure(harness: str, servers: list[str], reps: int,
+            run_one: Callable[[Any, str, str, str], tuple[float, float]],
+            unit: str, title: str) -> None:
+    """
+    Run ``run_one(bench, name, command, logs)`` -> (user, system) us per
+    ``unit`` for every server, ``reps`` times interleaved, and print each
+    rep and the medians: the loop cpu_per_echo.py shares.
+    """
     sys.path.insert(0, harness)
     os.chdir(harness)
     import bench  # the harness's own module: servers.txt, pinning, process trees
@@ -118,18 +123,28 @@ def main() -> None:
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
     for rep in range(1, reps + 1):
         for name in servers:
-            user, system = run(bench, name, table[name], logs, receivers, messages)
+            user, system = run_one(bench, name, table[name], logs)
             results[name].append((user, system))
-            print(f"[rep {rep}] {name:20} user {user:5.2f} us  system {system:5.2f} us per delivery",
+            print(f"[rep {rep}] {name:20} user {user:5.2f} us  system {system:5.2f} us per {unit}",
                   flush=True)
-    print(f"\n{receivers} receivers, {messages} messages of 64 B one at a time, {reps} reps; "
-          "server CPU per delivery, median (min-max), microseconds\n")
+    print(f"\n{title}, {reps} reps; server CPU per {unit}, median (min-max), microseconds\n")
     print("| server | user | system | total |\n|---|---|---|---|")
     for name, rows in results.items():
         cols = []
         for values in ([u for u, _ in rows], [s for _, s in rows], [u + s for u, s in rows]):
             cols.append(f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})")
         print(f"| {name} | " + " | ".join(cols) + " |")
+
+
+def main() -> None:
+    harness, servers = sys.argv[1], sys.argv[2].split(",")
+    receivers = int(sys.argv[3]) if len(sys.argv) > 3 else 5000
+    messages = int(sys.argv[4]) if len(sys.argv) > 4 else 200  # run.sh cpu's default too
+    reps = int(sys.argv[5]) if len(sys.argv) > 5 else 3
+    measure(harness, servers, reps,
+            lambda bench, name, command, logs: run(bench, name, command, logs, receivers,
+                                                   messages),
+            "delivery", f"{receivers} receivers, {messages} messages of 64 B one at a time")
 
 
 if __name__ == "__main__":

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import os
 import select
-import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cpu_per_delivery import connect, cpu_of, masked_text
+from cpu_per_delivery import connect, cpu_of, masked_text, measure
 
 
 def run(bench: object, name: str, cmd: str, logs: str, clients: int, rounds: int) -> tuple[float, float]:
@@ -69,30 +68,9 @@ def main() -> None:
     clients = int(sys.argv[3]) if len(sys.argv) > 3 else 100
     rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 2000
     reps = int(sys.argv[5]) if len(sys.argv) > 5 else 5
-    sys.path.insert(0, harness)
-    os.chdir(harness)
-    import bench  # the harness's own module: servers.txt, pinning, process trees
-
-    bench.raise_nofile()
-    os.sched_setaffinity(0, {int(bench.CLIENT_CPU)})
-    logs = os.path.join(harness, "results", "logs")
-    os.makedirs(logs, exist_ok=True)
-    table = bench.load_servers()
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
-    for rep in range(1, reps + 1):
-        for name in servers:
-            user, system = run(bench, name, table[name], logs, clients, rounds)
-            results[name].append((user, system))
-            print(f"[rep {rep}] {name:20} user {user:5.2f} us  system {system:5.2f} us per round trip",
-                  flush=True)
-    print(f"\n{clients} clients, {rounds} rounds of one 64 B message each, {reps} reps; "
-          "server CPU per round trip, median (min-max), microseconds\n")
-    print("| server | user | system | total |\n|---|---|---|---|")
-    for name, rows in results.items():
-        cols = []
-        for values in ([u for u, _ in rows], [s for _, s in rows], [u + s for u, s in rows]):
-            cols.append(f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})")
-        print(f"| {name} | " + " | ".join(cols) + " |")
+    measure(harness, servers, reps,
+            lambda bench, name, command, logs: run(bench, name, command, logs, clients, rounds),
+            "round trip", f"{clients} clients, {rounds} rounds of one 64 B message each")
 
 
 if __name__ == "__main__":
