@@ -376,8 +376,11 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         data, binary = normalize_payload(payload, isBinary)
         history = self.history
         if history is not None:
-            kept, self._pubsub_kept = self._pubsub_kept, None
+            kept = self._pubsub_kept
             if kept is not None and kept[0] == channel:
+                # Taken by the first call for its channel (a filter may broadcast to
+                # another channel first: that one has no place in this history).
+                self._pubsub_kept = None
                 if kept[1] == data:
                     # Redis kept it and gave it its place: deliver it there (a second
                     # call for the same message has none: it was taken here).
@@ -439,9 +442,8 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
             return
         from fws.filters.broadcast_messages_by_token import join_refusal
 
-        modules = self.pipeline.modules
-        token_groups = "fws.filters.broadcast_messages_by_token" in modules
-        channels = "fws.filters.broadcast_pubsub" in modules
+        token_groups = "fws.filters.broadcast_messages_by_token" in self.pipeline.modules
+        channels = self.delivers_channels
         for group, (epoch, offset) in positions.items():
             channel = group != EVERYONE and history.is_channel(group)
             joins = not (group == EVERYONE or channel or (channels and not token_groups))
@@ -466,6 +468,16 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
             if joins:
                 self.join_group(conn, group)
             replayer.start(replay)
+
+    @property
+    def delivers_channels(self) -> bool:
+        """
+        Whether this node's consumer chain delivers pub/sub channels to its
+        users (``broadcast_pubsub`` is in it): what :meth:`resume` takes a
+        group name for, and where a channel's unkept messages are worth a
+        warning (the storage asks).
+        """
+        return "fws.filters.broadcast_pubsub" in self.pipeline.modules
 
     def history_fenced(self, fence: str) -> None:
         """

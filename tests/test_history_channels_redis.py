@@ -439,3 +439,145 @@ async def test_a_consumer_that_changes_the_payload_delivers_it_unkept(
         assert len(said) == 1 and "global" in said[0]
     finally:
         await stop(servers)
+
+
+# --- what is read from Redis is bounded -------------------------------------------------------
+
+HOSTILE_BUS = [
+    b"[" * 100_000 + b"\nx",  # nested past the recursion limit (RecursionError)
+    b'{"e":' + b"[" * 100_000 + b"\nx",  # the same in a kept header
+    b'["n", "room", null, false, "e1", 1e400]\nx',  # Infinity as an offset (OverflowError)
+    b'["n", ["room"], null, false]\nx',  # an unhashable group (TypeError)
+    b'["n", "room", {"a": 1}, false]\nx',  # an unhashable sender
+    b'["n", "room", null, false, "e1", -3]\nx',
+    b'["n", "room", null, false, "' + b"e" * 65 + b'", 3]\nx',  # an epoch too long
+    b'["fence", "n", ["f"]]\nx',
+    b'"just a string"\nx', b"42\nx", b"[]\nx", b"\xff\xfe\nx",
+    b'{"e":"e1","o":1,"n":-1}\nglobalx',
+    b'{"e":"e1","o":1,"n":99}\nglobalx',  # longer than the data
+    b'{"e":"e1","o":1,"n":"6"}\nglobalx',
+    b'{"e":"e1","o":1.5,"n":6}\nglobalx',
+    b'{"e":"e1","o":0,"n":6}\nglobalx',
+    b'{"e":"e1","o":9007199254740993,"n":6}\nglobalx',
+    b'{"e":"","o":1,"n":6}\nglobalx',
+    b'{"e":"e1","o":true,"n":6}\nglobalx',
+    b'{"e":"e1","o":1,"n":6,"pad":"' + b"x" * 10_000 + b'"}\nglobalx',  # a huge header
+    b'{"e":"e1"}\nglobalx', b"{\nglobalx", b"{}",
+]
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostile_bus_messages_are_ignored_with_one_warning(
+        reactor: Any, redis: RedisProcess, warnings: list[str]) -> None:
+    """
+    Whatever a stranger publishes on K:bus is ignored: nothing raises out of
+    the subscriber's callback (its connection stays up, and what follows is
+    delivered), nothing reaches a client, and one line says so, not one each.
+    """
+    from tests.test_history import joined
+
+    [server] = servers = nodes(reactor, redis, 1, "--history", "10",
+                               filters=(BY_TOKEN, PUBSUB))
+    try:
+        await all_ready(reactor, servers)
+        await until_conf(reactor, redis)
+        reader = await server.connect(protocols=V1)
+        await joined(reader, "room")
+        for message in HOSTILE_BUS:
+            assert redis.publish("fws:bus", message) == 1
+        assert fcall(redis, "global", "after") == b":1"
+        head, body, _ = await headed(reader)
+        assert (head["group"], head["offset"], body) == ("global", 1, b"after")
+        await reader.silent(0.05)
+        storage = server.factory.storage_object
+        assert storage.malformed == len(HOSTILE_BUS)
+        assert storage.redis.outages["subscriber"] == 0
+        said = [line for line in warnings if "malformed" in line]
+        assert len(said) == 1 and "1 so far" in said[0], said
+    finally:
+        await stop(servers)
+
+
+# --- where a plain PUBLISH is worth a warning ----------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_plain_publish_is_warned_about_only_where_channels_are_delivered(
+        reactor: Any, redis: RedisProcess, warnings: list[str]) -> None:
+    """A node without broadcast_pubsub delivers no channel: nothing of its history is lost."""
+    groups_only, pubsub = servers = [
+        nodes(reactor, redis, 1, "--history", "10", filters=(BY_TOKEN,))[0],
+        nodes(reactor, redis, 1, "--history", "10", filters=(PUBSUB,))[0]]
+    try:
+        await all_ready(reactor, servers)
+        reader = await pubsub.connect(protocols=V1)
+        assert redis.publish("global", "plain") == 2  # both nodes subscribe to it
+        assert (await headed(reader))[1] == b"plain"
+        await wait_for(reactor, lambda: groups_only.factory.stats.pubsub_received == 1,
+                       what="the other node got it too")
+        said = [line for line in warnings if "plain PUBLISH" in line]
+        assert len(said) == 1, said
+        assert not groups_only.factory.delivers_channels and pubsub.factory.delivers_channels
+    finally:
+        await stop(servers)
+
+
+# --- kept channel messages are counted ---------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_kept_channel_messages_count_in_a_metric_on_every_serving_node(
+        reactor: Any, redis: RedisProcess) -> None:
+    from fws.metrics import FwsCollector
+
+    a, b = servers = nodes(reactor, redis, 2, "--history", "10", filters=(PUBSUB,))
+    try:
+        await all_ready(reactor, servers)
+        await until_conf(reactor, redis)
+        readers = [await a.connect(protocols=V1), await b.connect(protocols=V1)]
+        for text in ("one", "two", "three"):
+            fcall(redis, "global", text)
+        fcall(redis, "elsewhere", "served by no node")
+        assert redis.publish("global", "plain") == 2  # not kept: not counted
+        for reader in readers:
+            assert [(await headed(reader))[1] for _ in range(4)] == [
+                b"one", b"two", b"three", b"plain"]
+        for server in servers:
+            samples = {sample.name: sample.value
+                       for family in FwsCollector(server.factory).collect()
+                       for sample in family.samples}
+            assert samples["fws_history_channel_messages_received_total"] == 3
+            assert samples["fws_history_messages_kept_total"] == 0
+    finally:
+        await stop(servers)
+
+
+# --- a consumer that broadcasts to another channel first ---------------------------------------
+
+AUDITING_CONSUMER = """
+from fws.filters.base import WebSocketConsumerFilter
+
+class Audit(WebSocketConsumerFilter):
+    @staticmethod
+    def filter(server, data):
+        server.broadcast_channel("audit", b"seen " + data["data"])
+        server.broadcast_channel(data["channel"], data["data"])
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_broadcast_to_another_channel_leaves_the_kept_message_its_place(
+        reactor: Any, redis: RedisProcess, tmp_path: Path, warnings: list[str]) -> None:
+    audit = write_module(tmp_path, AUDITING_CONSUMER)
+    [server] = servers = nodes(reactor, redis, 1, "--history", "10", filters=(audit,))
+    try:
+        await all_ready(reactor, servers)
+        await until_conf(reactor, redis)
+        reader = await server.connect(protocols=V1)
+        for n in (1, 2):
+            fcall(redis, "global", f"m{n}")
+            head, body, _ = await headed(reader)
+            assert (head["group"], head["offset"], body) == ("audit", None, b"seen m%d" % n)
+            head, body, _ = await headed(reader)
+            assert (head["group"], head["offset"], body) == ("global", n, b"m%d" % n)
+        assert not [line for line in warnings if "changed a kept message" in line]
+    finally:
+        await stop(servers)

@@ -415,7 +415,8 @@ class RedisStorage(StorageBase, MultiService):
                 self._bus_message(header, payload)
             return
         name = channel.decode("utf-8", "backslashreplace")
-        if self._history is not None and self._plain_warned.first(name):
+        history = self._history
+        if history is not None and history.delivers_channels and self._plain_warned.first(name):
             log.warn("channel {channel} was published to with a plain PUBLISH: its messages are "
                      "delivered with null epoch and offset and are not kept for resume; publish "
                      "with FCALL fws_publish 1 {channel} <payload> {prefix} to keep them (said "
@@ -757,6 +758,9 @@ class RedisHistory:
         #: Kept channel messages (``fws_publish``) this node got from the bus, for a
         #: channel it serves: every node counts each, unlike ``kept`` (this node's writes).
         self.channel_received = 0
+        #: Whether the server delivers channels at all (else a plain PUBLISH loses no
+        #: history there, and is not warned about).
+        self.delivers_channels = bool(getattr(server, "delivers_channels", True))
 
     def _keys(self, group: str, channel: bool = False) -> list[str | bytes]:
         key, kind = self.storage.key, "chist" if channel else "hist"
