@@ -483,17 +483,20 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         """
         A replay's fence came back from the history store (Redis): see
         :class:`fws.history.Replayer`. Once the consumer chain has gone
-        asynchronous, the fence queues behind the pub/sub messages that
-        arrived before it (kept channel messages still on their way to
+        asynchronous, a channel's fence queues behind the pub/sub messages
+        that arrived before it (kept channel messages still on their way to
         :meth:`broadcast_channel`), so that no replay ends before a live
-        message its read already covered is delivered (and held).
+        message its read already covered is delivered (and held). A token
+        group's does not: its messages never pass the consumer chain, and a
+        slow one would hold its resumes back for nothing.
         """
-        if self._replayer is None:
+        replayer = self._replayer
+        if replayer is None:
             return
-        if self._consumer is not None:
+        if self._consumer is not None and replayer.channel_fence(fence):
             self._consumer.submit((None, fence, None, None))
             return
-        self._replayer.fenced(fence)
+        replayer.fenced(fence)
 
     def replay_done(self, replay: Replay) -> None:
         """``replay`` has ended: its connection gets the group's live messages again."""

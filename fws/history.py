@@ -551,6 +551,15 @@ class Replayer:
         if not replay.reading and not replay.entries:
             self._read(replay)
 
+    def channel_fence(self, fence: str) -> bool:
+        """
+        Whether ``fence`` is that of a pub/sub channel's replay, whose live
+        messages reach the server through its consumer chain (so the fence
+        must wait behind them there); a token group's come straight.
+        """
+        replay = self._by_fence.get(fence)
+        return replay is not None and replay.channel
+
     def fenced(self, fence: str) -> None:
         """A read's fence came back down the delivery stream: what was live before it is held."""
         replay = self._by_fence.pop(fence, None)

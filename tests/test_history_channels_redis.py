@@ -581,3 +581,54 @@ async def test_a_broadcast_to_another_channel_leaves_the_kept_message_its_place(
         assert not [line for line in warnings if "changed a kept message" in line]
     finally:
         await stop(servers)
+
+
+GATED_CONSUMER = """
+from twisted.internet.defer import Deferred
+from fws.filters.base import WebSocketConsumerFilter
+
+#: The test fires it: until then the consumer chain waits on its first message.
+GATE = Deferred()
+
+class Gated(WebSocketConsumerFilter):
+    @staticmethod
+    async def filter(server, data):
+        await GATE
+        server.broadcast_channel(data["channel"], data["data"])
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_waiting_consumer_does_not_hold_back_a_token_groups_resume(
+        reactor: Any, redis: RedisProcess, tmp_path: Path) -> None:
+    """Only a channel's fence waits behind the consumer chain; a group's messages never pass it."""
+    import sys
+
+    from tests.test_history import joined
+    from tests.test_history_redis import until_members
+
+    gated = write_module(tmp_path, GATED_CONSUMER)
+    [server] = servers = nodes(reactor, redis, 1, "--history", "10",
+                               filters=(BY_TOKEN, gated))
+    gate = sys.modules[gated].GATE
+    try:
+        await all_ready(reactor, servers)
+        await until_conf(reactor, redis)
+        watcher = await server.connect(protocols=V1)
+        fcall(redis, "global", "stuck")  # the consumer chain waits on it from now on
+        sender = await server.connect()
+        await joined(sender, "room")
+        await until_members(reactor, redis, "room", 1)
+        sender.send("m1")
+        await wait_for(reactor, lambda: redis.command("XLEN", "fws:hist:room") == b":1",
+                       what="m1 kept")
+        back = await server.connect(resume_path({"room": ["nope", 0]}), protocols=V1)
+        answer = json.loads((await back.recv(timeout=2))[0])
+        assert (answer["group"], answer["recovered"], answer["offset"]) == ("room", False, 1)
+        gate.callback(None)
+        head, body, _ = await headed(watcher)
+        assert (head["group"], head["offset"], body) == ("global", 1, b"stuck")
+    finally:
+        if not gate.called:
+            gate.callback(None)
+        await stop(servers)
