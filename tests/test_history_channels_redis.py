@@ -632,3 +632,33 @@ async def test_a_waiting_consumer_does_not_hold_back_a_token_groups_resume(
         if not gate.called:
             gate.callback(None)
         await stop(servers)
+
+
+# --- the function itself, on a Redis no node writes to -------------------------------------------
+
+def test_fws_publish_takes_only_whole_numbers_from_its_configuration(redis: RedisProcess) -> None:
+    """
+    K:histconf as something else wrote it: no size limit for a ``max`` of 0
+    (0 is true in Lua: every payload was refused), and a size or TTL that is
+    not a whole number from 1 up is no history (a plain PUBLISH), never an
+    XADD or PEXPIRE error halfway through that leaves an offset taken and
+    nothing kept under it.
+    """
+    from fws.storage_objects.redis import FUNCTIONS
+
+    assert redis.command("FUNCTION", "LOAD", "REPLACE", FUNCTIONS) == b"$3\r\nfws"
+    redis.command("HSET", "fws:histconf", "size", "10", "ttl", "60000", "max", "0")
+    assert fcall(redis, "global", "no limit") == b":1"
+    for size, ttl in (("1.5", "60000"), ("10", "0"), ("inf", "60000"), ("10", "nan"),
+                      ("-3", "60000"), ("10", "1e30")):
+        redis.command("HSET", "fws:histconf", "size", size, "ttl", ttl, "max", "100")
+        assert fcall(redis, "global", "plain") == b"$-1", (size, ttl)
+    assert redis.command("HGET", "fws:chistpos:global", "o") == b"$1\r\n1"  # none lost
+    redis.command("HSET", "fws:histconf", "size", "10", "ttl", "60000", "max", "100")
+    assert fcall(redis, "global", "kept") == b":2"
+    assert redis.command("XLEN", "fws:chist:global") == b":2"
+    assert int(redis.command("PTTL", "fws:chist:global")[1:]) > 50_000
+    assert fcall(redis, "global", "x" * 101).startswith(b"-ERR fws_publish: the payload is 101")
+    assert redis.command("FCALL", "fws_publish", "1", "global").startswith(
+        b"-ERR usage: FCALL fws_publish")
+    assert redis.command("FCALL", "fws_publish", "2", "a", "b", "c").startswith(b"-ERR usage")

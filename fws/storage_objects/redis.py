@@ -683,6 +683,14 @@ return 1
 #:
 #: :meta hide-value:
 FUNCTIONS = b"""#!lua name=fws
+-- A whole number of K:histconf from 1 up, or nil: a bad value must not reach XADD or
+-- PEXPIRE halfway through (a script's writes before an error stay: a lost offset).
+local function whole(value)
+  local n = tonumber(value)
+  if n and n >= 1 and n < 2 ^ 53 and n == math.floor(n) then return n end
+  return nil
+end
+
 local function fws_publish(keys, args)
   local channel, payload = keys[1], args[1]
   if channel == nil or payload == nil or #keys ~= 1 then
@@ -690,12 +698,12 @@ local function fws_publish(keys, args)
   end
   local prefix = args[2] or 'fws'
   local conf = redis.call('HMGET', prefix .. ':histconf', 'size', 'ttl', 'max')
-  local size, ttl, most = tonumber(conf[1]), tonumber(conf[2]), tonumber(conf[3])
-  if not size or not ttl or size < 1 then
+  local size, ttl, most = whole(conf[1]), whole(conf[2]), whole(conf[3])
+  if not size or not ttl then
     redis.call('PUBLISH', channel, payload)
     return false
   end
-  if most and #payload > most then
+  if most and #payload > most then  -- (no limit without one: 0 is true in Lua)
     return redis.error_reply(string.format(
       'ERR fws_publish: the payload is %d bytes, more than the %d of --max-message-size',
       #payload, most))
@@ -711,10 +719,10 @@ local function fws_publish(keys, args)
   end
   local offset = redis.call('HINCRBY', position, 'o', 1)
   local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('XADD', stream, 'MAXLEN', '~', size, string.format('%d-%d', offset, ms),
-             'p', payload)
-  redis.call('PEXPIRE', stream, ttl)
-  redis.call('PEXPIRE', position, ttl)
+  redis.call('XADD', stream, 'MAXLEN', '~', string.format('%d', size),
+             string.format('%d-%d', offset, ms), 'p', payload)
+  redis.call('PEXPIRE', stream, string.format('%d', ttl))
+  redis.call('PEXPIRE', position, string.format('%d', ttl))
   redis.call('PUBLISH', prefix .. ':bus', '{"e":' .. cjson.encode(epoch) .. ',"o":' ..
              string.format('%d', offset) .. ',"n":' .. string.format('%d', #channel) ..
              '}\\n' .. channel .. payload)
