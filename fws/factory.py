@@ -416,7 +416,7 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         headed = header(group, epoch, offset) + payload
         replaying = self._replaying.get((everyone and group != EVERYONE, group))
         sent = self.send_split(payload, headed, is_binary, exclude, lanes, replaying)
-        if replaying and offset is not None:
+        if replaying:  # (one that could not be kept too: no replay can give it to them)
             replayer = self._replayer
             assert replayer is not None
             for replay in list(replaying.values()):

@@ -662,3 +662,34 @@ def test_fws_publish_takes_only_whole_numbers_from_its_configuration(redis: Redi
     assert redis.command("FCALL", "fws_publish", "1", "global").startswith(
         b"-ERR usage: FCALL fws_publish")
     assert redis.command("FCALL", "fws_publish", "2", "a", "b", "c").startswith(b"-ERR usage")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unkept_message_during_a_replay_reaches_the_resumer_after_it(
+        reactor: Any, redis: RedisProcess) -> None:
+    """
+    A plain PUBLISH while a channel's replay runs: every other member gets it
+    live, with null epoch and offset; the resumer, skipped by live delivery,
+    gets it once the replay is over (no replay can give it, it was not kept).
+    """
+    [server] = servers = nodes(reactor, redis, 1, "--history", "100", filters=(PUBSUB,))
+    try:
+        await all_ready(reactor, servers)
+        await until_conf(reactor, redis)
+        probe = await server.connect(protocols=V1)
+        for i in range(1, 4):
+            fcall(redis, "global", f"m{i}")
+        heads = [(await headed(probe))[0] for _ in range(3)]
+        back = await server.connect(resume_path({"global": [heads[0]["epoch"], 1]}),
+                                    protocols=V1)
+        assert redis.publish("global", "unkept") == 1  # its replay is reading now
+        head, body, _ = await headed(probe)
+        assert (head["offset"], body) == (None, b"unkept")
+        got = [await headed(back) for _ in range(2)]
+        assert [(h["offset"], body) for h, body, _ in got] == [(2, b"m2"), (3, b"m3")]
+        assert json.loads((await back.recv())[0])["recovered"] is True
+        head, body, _ = await headed(back)
+        assert (head["offset"], body) == (None, b"unkept")
+        await back.silent(0.05)
+    finally:
+        await stop(servers)
