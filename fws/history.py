@@ -96,25 +96,30 @@ def control(group: str, recovered: bool, epoch: str | None, offset: int | None) 
 class Once:
     """
     Remembers which keys something was already said for, at most ``most`` of
-    them (the oldest forgotten first): one warning per channel, and a
-    publisher inventing channel names cannot grow it without bound.
+    them: one warning per channel, and a publisher inventing channel names
+    cannot grow it without bound. Once full it forgets nothing (forgetting
+    the oldest would say it again for every message of a publisher cycling
+    through more names than that): a new key is then said for on the first
+    and every 1000th time one comes.
     """
 
-    __slots__ = ("_most", "_seen")
+    __slots__ = ("_most", "_seen", "_beyond")
 
     def __init__(self, most: int = 1000) -> None:
         self._most = most
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: set[str] = set()
+        self._beyond = 0
 
     def first(self, key: str) -> bool:
-        """Whether ``key`` is new (it is remembered from now on)."""
+        """Whether to say it for ``key`` (new: remembered from now on, while there is room)."""
         seen = self._seen
         if key in seen:
             return False
-        seen[key] = None
-        if len(seen) > self._most:
-            seen.popitem(last=False)
-        return True
+        if len(seen) < self._most:
+            seen.add(key)
+            return True
+        self._beyond += 1
+        return self._beyond % 1000 == 1
 
 
 class ResumeError(ValueError):
