@@ -118,6 +118,8 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         #: (``FCALL fws_publish``): (channel, payload, (epoch, offset)), for the
         #: chain's :meth:`broadcast_channel` to deliver with that position.
         self._pubsub_kept: tuple[str, bytes, tuple[str, int]] | None = None
+        #: Whether something else than the kept message went to its channel meanwhile.
+        self._kept_other = False
         #: Channels whose kept messages a consumer filter changed (warned once each).
         self._changed_warned = Once(1000)
         #: Open users that take headers (fws.v1): while there are none, a group
@@ -378,20 +380,17 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         if history is not None:
             kept = self._pubsub_kept
             if kept is not None and kept[0] == channel:
-                # Taken by the first call for its channel (a filter may broadcast to
-                # another channel first: that one has no place in this history).
-                self._pubsub_kept = None
                 if kept[1] == data:
                     # Redis kept it and gave it its place: deliver it there (a second
-                    # call for the same message has none: it was taken here).
+                    # call for the same message has none: it is taken here). Another
+                    # channel's message or another payload leaves it: a filter may
+                    # broadcast something else first, and while the chain waits,
+                    # anything else may call this.
+                    self._pubsub_kept = None
                     epoch, offset = kept[2]
                     return self.deliver_history(channel, epoch, offset, None, binary, data, True)
-                if self._changed_warned.first(channel):
-                    self._log.warn(
-                        "a consumer filter changed a kept message of channel {channel} before "
-                        "broadcast_channel: it is delivered without a place in the history "
-                        "(null epoch and offset), since a replay would show what was kept, "
-                        "not what was delivered (said once per channel)", channel=channel)
+                # Said when the chain is over, if the kept message itself never came.
+                self._kept_other = True
             return history.record(channel, None, binary, data, channel=True)
         return self.send_all(data, binary, None, self._lanes.values())
 
@@ -551,6 +550,7 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
             return run_chain(self.pipeline.consumer, self, message, event="consumer",
                              conn_id="server")
         self._pubsub_kept = (channel, data, position)
+        self._kept_other = False
         outcome = run_chain(self.pipeline.consumer, self, message, event="consumer",
                             conn_id="server")
         if isinstance(outcome, Deferred):
@@ -558,13 +558,25 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
             # the next message waits for this one (fws.ordered), so the position waits too.
             outcome.addBoth(self._kept_done, self._pubsub_kept)
         else:
-            self._pubsub_kept = None
+            self._kept_done(None, self._pubsub_kept)
         return outcome
 
-    def _kept_done(self, result: Any, kept: Any) -> Any:
-        """A kept message's asynchronous consumer chain is over: its position goes with it."""
-        if self._pubsub_kept is kept:
-            self._pubsub_kept = None
+    def _kept_done(self, result: Any, kept: tuple[str, bytes, tuple[str, int]] | None) -> Any:
+        """
+        A kept message's consumer chain is over: its position goes with it. If
+        it was not delivered there, but something else on its channel was, a
+        consumer filter most likely changed it: said once per channel.
+        """
+        if kept is None or self._pubsub_kept is not kept:  # (None: it was delivered)
+            return result
+        self._pubsub_kept = None
+        channel = kept[0]
+        if self._kept_other and self._changed_warned.first(channel):
+            self._log.warn(
+                "a consumer filter changed a kept message of channel {channel} before "
+                "broadcast_channel: it is delivered without a place in the history "
+                "(null epoch and offset), since a replay would show what was kept, "
+                "not what was delivered (said once per channel)", channel=channel)
         return result
 
     # --- shutdown ------------------------------------------------------------------------

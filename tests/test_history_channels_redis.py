@@ -693,3 +693,74 @@ async def test_an_unkept_message_during_a_replay_reaches_the_resumer_after_it(
         await back.silent(0.05)
     finally:
         await stop(servers)
+
+
+TO_CHANNEL = """
+from fws.filters.base import WebSocketMessageFilter
+
+class ToChannel(WebSocketMessageFilter):
+    @staticmethod
+    def filter(conn, data):
+        conn.factory.broadcast_channel("global", bytes(data))
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_another_broadcast_while_the_consumer_waits_leaves_the_kept_message_its_place(
+        reactor: Any, redis: RedisProcess, tmp_path: Path, warnings: list[str]) -> None:
+    """A client's message broadcast on the channel meanwhile is unkept; the kept one keeps its offset."""
+    import sys
+
+    gated, to_channel = write_module(tmp_path, GATED_CONSUMER), write_module(tmp_path, TO_CHANNEL)
+    [server] = servers = nodes(reactor, redis, 1, "--history", "10",
+                               filters=(to_channel, gated))
+    gate = sys.modules[gated].GATE
+    try:
+        await all_ready(reactor, servers)
+        await until_conf(reactor, redis)
+        reader = await server.connect(protocols=V1)
+        fcall(redis, "global", "kept")
+        await wait_for(reactor, lambda: server.factory.stats.pubsub_received == 1,
+                       what="the kept message in the consumer chain")
+        (await server.connect()).send("from a client")
+        head, body, _ = await headed(reader)
+        assert (head["offset"], body) == (None, b"from a client")
+        gate.callback(None)
+        head, body, _ = await headed(reader)
+        assert (head["group"], head["offset"], body) == ("global", 1, b"kept")
+        assert not [line for line in warnings if "changed a kept message" in line]
+    finally:
+        if not gate.called:
+            gate.callback(None)
+        await stop(servers)
+
+
+BOTH_CONSUMER = """
+from fws.filters.base import WebSocketConsumerFilter
+
+class Both(WebSocketConsumerFilter):
+    @staticmethod
+    def filter(server, data):
+        server.broadcast_channel(data["channel"], data["data"].upper())
+        server.broadcast_channel(data["channel"], data["data"])
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_consumer_that_sends_a_changed_copy_then_the_kept_message(
+        reactor: Any, redis: RedisProcess, tmp_path: Path, warnings: list[str]) -> None:
+    """The copy goes unkept, the kept message at its place; nothing to warn about."""
+    both = write_module(tmp_path, BOTH_CONSUMER)
+    [server] = servers = nodes(reactor, redis, 1, "--history", "10", filters=(both,))
+    try:
+        await all_ready(reactor, servers)
+        await until_conf(reactor, redis)
+        reader = await server.connect(protocols=V1)
+        fcall(redis, "global", "quiet")
+        got = [await headed(reader) for _ in range(2)]
+        assert [(h["offset"], body) for h, body, _ in got] == [(None, b"QUIET"), (1, b"quiet")]
+        fcall(redis, "global", "again")
+        assert [(await headed(reader))[0]["offset"] for _ in range(2)] == [None, 2]
+        assert not [line for line in warnings if "changed a kept message" in line]
+    finally:
+        await stop(servers)
