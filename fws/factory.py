@@ -118,6 +118,8 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         #: (``FCALL fws_publish``): (channel, payload, (epoch, offset)), for the
         #: chain's :meth:`broadcast_channel` to deliver with that position.
         self._pubsub_kept: tuple[str, bytes, tuple[str, int]] | None = None
+        #: Whether something else than the kept message went to its channel meanwhile.
+        self._kept_other = False
         #: Channels whose kept messages a consumer filter changed (warned once each).
         self._changed_warned = Once(1000)
         #: Open users that take headers (fws.v1): while there are none, a group
@@ -376,19 +378,19 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         data, binary = normalize_payload(payload, isBinary)
         history = self.history
         if history is not None:
-            kept, self._pubsub_kept = self._pubsub_kept, None
+            kept = self._pubsub_kept
             if kept is not None and kept[0] == channel:
                 if kept[1] == data:
                     # Redis kept it and gave it its place: deliver it there (a second
-                    # call for the same message has none: it was taken here).
+                    # call for the same message has none: it is taken here). Another
+                    # channel's message or another payload leaves it: a filter may
+                    # broadcast something else first, and while the chain waits,
+                    # anything else may call this.
+                    self._pubsub_kept = None
                     epoch, offset = kept[2]
                     return self.deliver_history(channel, epoch, offset, None, binary, data, True)
-                if self._changed_warned.first(channel):
-                    self._log.warn(
-                        "a consumer filter changed a kept message of channel {channel} before "
-                        "broadcast_channel: it is delivered without a place in the history "
-                        "(null epoch and offset), since a replay would show what was kept, "
-                        "not what was delivered (said once per channel)", channel=channel)
+                # Said when the chain is over, if the kept message itself never came.
+                self._kept_other = True
             return history.record(channel, None, binary, data, channel=True)
         return self.send_all(data, binary, None, self._lanes.values())
 
@@ -413,7 +415,7 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
         headed = header(group, epoch, offset) + payload
         replaying = self._replaying.get((everyone and group != EVERYONE, group))
         sent = self.send_split(payload, headed, is_binary, exclude, lanes, replaying)
-        if replaying and offset is not None:
+        if replaying:  # (one that could not be kept too: no replay can give it to them)
             replayer = self._replayer
             assert replayer is not None
             for replay in list(replaying.values()):
@@ -439,9 +441,8 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
             return
         from fws.filters.broadcast_messages_by_token import join_refusal
 
-        modules = self.pipeline.modules
-        token_groups = "fws.filters.broadcast_messages_by_token" in modules
-        channels = "fws.filters.broadcast_pubsub" in modules
+        token_groups = "fws.filters.broadcast_messages_by_token" in self.pipeline.modules
+        channels = self.delivers_channels
         for group, (epoch, offset) in positions.items():
             channel = group != EVERYONE and history.is_channel(group)
             joins = not (group == EVERYONE or channel or (channels and not token_groups))
@@ -467,21 +468,34 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
                 self.join_group(conn, group)
             replayer.start(replay)
 
+    @property
+    def delivers_channels(self) -> bool:
+        """
+        Whether this node's consumer chain delivers pub/sub channels to its
+        users (``broadcast_pubsub`` is in it): what :meth:`resume` takes a
+        group name for, and where a channel's unkept messages are worth a
+        warning (the storage asks).
+        """
+        return "fws.filters.broadcast_pubsub" in self.pipeline.modules
+
     def history_fenced(self, fence: str) -> None:
         """
         A replay's fence came back from the history store (Redis): see
         :class:`fws.history.Replayer`. Once the consumer chain has gone
-        asynchronous, the fence queues behind the pub/sub messages that
-        arrived before it (kept channel messages still on their way to
+        asynchronous, a channel's fence queues behind the pub/sub messages
+        that arrived before it (kept channel messages still on their way to
         :meth:`broadcast_channel`), so that no replay ends before a live
-        message its read already covered is delivered (and held).
+        message its read already covered is delivered (and held). A token
+        group's does not: its messages never pass the consumer chain, and a
+        slow one would hold its resumes back for nothing.
         """
-        if self._replayer is None:
+        replayer = self._replayer
+        if replayer is None:
             return
-        if self._consumer is not None:
+        if self._consumer is not None and replayer.channel_fence(fence):
             self._consumer.submit((None, fence, None, None))
             return
-        self._replayer.fenced(fence)
+        replayer.fenced(fence)
 
     def replay_done(self, replay: Replay) -> None:
         """``replay`` has ended: its connection gets the group's live messages again."""
@@ -536,6 +550,7 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
             return run_chain(self.pipeline.consumer, self, message, event="consumer",
                              conn_id="server")
         self._pubsub_kept = (channel, data, position)
+        self._kept_other = False
         outcome = run_chain(self.pipeline.consumer, self, message, event="consumer",
                             conn_id="server")
         if isinstance(outcome, Deferred):
@@ -543,13 +558,25 @@ class FwsServerFactory(WireFactory[FwsServerProtocol]):
             # the next message waits for this one (fws.ordered), so the position waits too.
             outcome.addBoth(self._kept_done, self._pubsub_kept)
         else:
-            self._pubsub_kept = None
+            self._kept_done(None, self._pubsub_kept)
         return outcome
 
-    def _kept_done(self, result: Any, kept: Any) -> Any:
-        """A kept message's asynchronous consumer chain is over: its position goes with it."""
-        if self._pubsub_kept is kept:
-            self._pubsub_kept = None
+    def _kept_done(self, result: Any, kept: tuple[str, bytes, tuple[str, int]] | None) -> Any:
+        """
+        A kept message's consumer chain is over: its position goes with it. If
+        it was not delivered there, but something else on its channel was, a
+        consumer filter most likely changed it: said once per channel.
+        """
+        if kept is None or self._pubsub_kept is not kept:  # (None: it was delivered)
+            return result
+        self._pubsub_kept = None
+        channel = kept[0]
+        if self._kept_other and self._changed_warned.first(channel):
+            self._log.warn(
+                "a consumer filter changed a kept message of channel {channel} before "
+                "broadcast_channel: it is delivered without a place in the history "
+                "(null epoch and offset), since a replay would show what was kept, "
+                "not what was delivered (said once per channel)", channel=channel)
         return result
 
     # --- shutdown ------------------------------------------------------------------------

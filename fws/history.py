@@ -96,25 +96,30 @@ def control(group: str, recovered: bool, epoch: str | None, offset: int | None) 
 class Once:
     """
     Remembers which keys something was already said for, at most ``most`` of
-    them (the oldest forgotten first): one warning per channel, and a
-    publisher inventing channel names cannot grow it without bound.
+    them: one warning per channel, and a publisher inventing channel names
+    cannot grow it without bound. Once full it forgets nothing (forgetting
+    the oldest would say it again for every message of a publisher cycling
+    through more names than that): a new key is then said for on the first
+    and every 1000th time one comes.
     """
 
-    __slots__ = ("_most", "_seen")
+    __slots__ = ("_most", "_seen", "_beyond")
 
     def __init__(self, most: int = 1000) -> None:
         self._most = most
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: set[str] = set()
+        self._beyond = 0
 
     def first(self, key: str) -> bool:
-        """Whether ``key`` is new (it is remembered from now on)."""
+        """Whether to say it for ``key`` (new: remembered from now on, while there is room)."""
         seen = self._seen
         if key in seen:
             return False
-        seen[key] = None
-        if len(seen) > self._most:
-            seen.popitem(last=False)
-        return True
+        if len(seen) < self._most:
+            seen.add(key)
+            return True
+        self._beyond += 1
+        return self._beyond % 1000 == 1
 
 
 class ResumeError(ValueError):
@@ -397,7 +402,9 @@ class Replay:
     id: str = field(default_factory=lambda: secrets.token_hex(6))
     #: Read, to be sent: ``(offset, binary, payload)`` (the header is added as each is sent).
     entries: deque[tuple[int, bool, bytes]] = field(default_factory=deque)
-    held: list[tuple[int, bool, bytes]] = field(default_factory=list)
+    #: Live, to be sent after the replay: ``(offset, binary, header + payload)``;
+    #: offset ``None`` for one that could not be kept (it is sent all the same).
+    held: list[tuple[int | None, bool, bytes]] = field(default_factory=list)
     #: Whether the whole history after ``cursor`` has been read ...
     read_all: bool = False
     #: ... and the fence of the last read has come back (deliveries caught up with it).
@@ -414,12 +421,14 @@ class Replay:
     reads: int = 0
     fence_call: Any = None
 
-    def hold(self, offset: int, is_binary: bool, data: bytes) -> bool:
+    def hold(self, offset: int | None, is_binary: bool, data: bytes) -> bool:
         """
         A live message the connection must get after the replay (``data``:
-        header + payload); ``False`` once more than :data:`MAX_HELD` wait.
+        header + payload; ``offset`` ``None``: it has no place in the history,
+        and no replay can give it, so it is held too); ``False`` once more
+        than :data:`MAX_HELD` wait.
         """
-        if offset > self.cursor:
+        if offset is None or offset > self.cursor:
             self.held.append((offset, is_binary, data))
         return len(self.held) <= MAX_HELD
 
@@ -551,6 +560,15 @@ class Replayer:
         if not replay.reading and not replay.entries:
             self._read(replay)
 
+    def channel_fence(self, fence: str) -> bool:
+        """
+        Whether ``fence`` is that of a pub/sub channel's replay, whose live
+        messages reach the server through its consumer chain (so the fence
+        must wait behind them there); a token group's come straight.
+        """
+        replay = self._by_fence.get(fence)
+        return replay is not None and replay.channel
+
     def fenced(self, fence: str) -> None:
         """A read's fence came back down the delivery stream: what was live before it is held."""
         replay = self._by_fence.pop(fence, None)
@@ -623,24 +641,27 @@ class Replayer:
             conn.sendMessage(control(replay.group, replay.recovered, replay.epoch, replay.cursor),
                              False)
         for offset, is_binary, data in replay.held:
-            if offset > replay.cursor or replay.unknown:
+            if offset is None:  # (the other members got it live: so does this one)
+                conn.sendMessage(data, is_binary)
+            elif offset > replay.cursor or replay.unknown:
                 conn.sendMessage(data, is_binary)
                 replay.cursor = offset
         replay.held.clear()
         self.server.replay_done(replay)
 
-    def give_up(self, replay: Replay, offset: int) -> None:
+    def give_up(self, replay: Replay, offset: int | None) -> None:
         """
         More live traffic than :data:`MAX_HELD` came during the replay: it ends
-        now, not recovered, at ``offset`` (the live message just held); the
-        connection takes the messages after it live.
+        now, not recovered, at ``offset`` (the live message just held; ``None``:
+        one that was not kept, so at the last offset known); the connection
+        takes the messages after it live.
         """
         if replay.done:
             return
         replay.entries.clear()
         replay.held.clear()
         replay.recovered = False
-        replay.last = offset
+        replay.last = offset if offset is not None else max(replay.last, replay.cursor)
         self._finish(replay)
 
 

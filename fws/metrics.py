@@ -206,6 +206,10 @@ class FwsCollector(Collector):
             yield counter("fws_history_messages_kept",
                           "Group messages kept for resume (--history) by this node.",
                           kept.get("kept", 0))
+            yield counter("fws_history_channel_messages_received",
+                          "Kept pub/sub channel messages (Redis FCALL fws_publish) this node "
+                          "received with their place, for channels it serves.",
+                          kept.get("channel_received", 0))
             for name in ("groups", "messages", "bytes"):
                 if name in kept:
                     yield GaugeMetricFamily(f"fws_history_{name}",

@@ -571,3 +571,14 @@ async def test_compressed_clients_get_their_form_of_a_group_message(reactor: Any
             assert await packed_plain.recv() == (text.encode(), False)
     finally:
         await server.stop()
+
+
+def test_once_says_it_once_per_key_and_seldom_beyond_its_room() -> None:
+    """A publisher cycling through more channel names than Once remembers: no warning per message."""
+    from fws.history import Once
+
+    once = Once(3)
+    said = [key for _ in range(3000) for key in "abcd" if once.first(key)]
+    assert said[:3] == ["a", "b", "c"]
+    assert said[3:] == ["d"] * 3  # d's messages: the 1st, 1001st and 2001st
+    assert not once.first("a")

@@ -439,3 +439,328 @@ async def test_a_consumer_that_changes_the_payload_delivers_it_unkept(
         assert len(said) == 1 and "global" in said[0]
     finally:
         await stop(servers)
+
+
+# --- what is read from Redis is bounded -------------------------------------------------------
+
+HOSTILE_BUS = [
+    b"[" * 100_000 + b"\nx",  # nested past the recursion limit (RecursionError)
+    b'{"e":' + b"[" * 100_000 + b"\nx",  # the same in a kept header
+    b'["n", "room", null, false, "e1", 1e400]\nx',  # Infinity as an offset (OverflowError)
+    b'["n", ["room"], null, false]\nx',  # an unhashable group (TypeError)
+    b'["n", "room", {"a": 1}, false]\nx',  # an unhashable sender
+    b'["n", "room", null, false, "e1", -3]\nx',
+    b'["n", "room", null, false, "' + b"e" * 65 + b'", 3]\nx',  # an epoch too long
+    b'["fence", "n", ["f"]]\nx',
+    b'"just a string"\nx', b"42\nx", b"[]\nx", b"\xff\xfe\nx",
+    b'{"e":"e1","o":1,"n":-1}\nglobalx',
+    b'{"e":"e1","o":1,"n":99}\nglobalx',  # longer than the data
+    b'{"e":"e1","o":1,"n":"6"}\nglobalx',
+    b'{"e":"e1","o":1.5,"n":6}\nglobalx',
+    b'{"e":"e1","o":0,"n":6}\nglobalx',
+    b'{"e":"e1","o":9007199254740993,"n":6}\nglobalx',
+    b'{"e":"","o":1,"n":6}\nglobalx',
+    b'{"e":"e1","o":true,"n":6}\nglobalx',
+    b'{"e":"e1","o":1,"n":6,"pad":"' + b"x" * 10_000 + b'"}\nglobalx',  # a huge header
+    b'{"e":"e1"}\nglobalx', b"{\nglobalx", b"{}",
+]
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostile_bus_messages_are_ignored_with_one_warning(
+        reactor: Any, redis: RedisProcess, warnings: list[str]) -> None:
+    """
+    Whatever a stranger publishes on K:bus is ignored: nothing raises out of
+    the subscriber's callback (its connection stays up, and what follows is
+    delivered), nothing reaches a client, and one line says so, not one each.
+    """
+    from tests.test_history import joined
+
+    [server] = servers = nodes(reactor, redis, 1, "--history", "10",
+                               filters=(BY_TOKEN, PUBSUB))
+    try:
+        await all_ready(reactor, servers)
+        await until_conf(reactor, redis)
+        reader = await server.connect(protocols=V1)
+        await joined(reader, "room")
+        for message in HOSTILE_BUS:
+            assert redis.publish("fws:bus", message) == 1
+        assert fcall(redis, "global", "after") == b":1"
+        head, body, _ = await headed(reader)
+        assert (head["group"], head["offset"], body) == ("global", 1, b"after")
+        await reader.silent(0.05)
+        storage = server.factory.storage_object
+        assert storage.malformed == len(HOSTILE_BUS)
+        assert storage.redis.outages["subscriber"] == 0
+        said = [line for line in warnings if "malformed" in line]
+        assert len(said) == 1 and "1 so far" in said[0], said
+    finally:
+        await stop(servers)
+
+
+# --- where a plain PUBLISH is worth a warning ----------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_plain_publish_is_warned_about_only_where_channels_are_delivered(
+        reactor: Any, redis: RedisProcess, warnings: list[str]) -> None:
+    """A node without broadcast_pubsub delivers no channel: nothing of its history is lost."""
+    groups_only, pubsub = servers = [
+        nodes(reactor, redis, 1, "--history", "10", filters=(BY_TOKEN,))[0],
+        nodes(reactor, redis, 1, "--history", "10", filters=(PUBSUB,))[0]]
+    try:
+        await all_ready(reactor, servers)
+        reader = await pubsub.connect(protocols=V1)
+        assert redis.publish("global", "plain") == 2  # both nodes subscribe to it
+        assert (await headed(reader))[1] == b"plain"
+        await wait_for(reactor, lambda: groups_only.factory.stats.pubsub_received == 1,
+                       what="the other node got it too")
+        said = [line for line in warnings if "plain PUBLISH" in line]
+        assert len(said) == 1, said
+        assert not groups_only.factory.delivers_channels and pubsub.factory.delivers_channels
+    finally:
+        await stop(servers)
+
+
+# --- kept channel messages are counted ---------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_kept_channel_messages_count_in_a_metric_on_every_serving_node(
+        reactor: Any, redis: RedisProcess) -> None:
+    from fws.metrics import FwsCollector
+
+    a, b = servers = nodes(reactor, redis, 2, "--history", "10", filters=(PUBSUB,))
+    try:
+        await all_ready(reactor, servers)
+        await until_conf(reactor, redis)
+        readers = [await a.connect(protocols=V1), await b.connect(protocols=V1)]
+        for text in ("one", "two", "three"):
+            fcall(redis, "global", text)
+        fcall(redis, "elsewhere", "served by no node")
+        assert redis.publish("global", "plain") == 2  # not kept: not counted
+        for reader in readers:
+            assert [(await headed(reader))[1] for _ in range(4)] == [
+                b"one", b"two", b"three", b"plain"]
+        for server in servers:
+            samples = {sample.name: sample.value
+                       for family in FwsCollector(server.factory).collect()
+                       for sample in family.samples}
+            assert samples["fws_history_channel_messages_received_total"] == 3
+            assert samples["fws_history_messages_kept_total"] == 0
+    finally:
+        await stop(servers)
+
+
+# --- a consumer that broadcasts to another channel first ---------------------------------------
+
+AUDITING_CONSUMER = """
+from fws.filters.base import WebSocketConsumerFilter
+
+class Audit(WebSocketConsumerFilter):
+    @staticmethod
+    def filter(server, data):
+        server.broadcast_channel("audit", b"seen " + data["data"])
+        server.broadcast_channel(data["channel"], data["data"])
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_broadcast_to_another_channel_leaves_the_kept_message_its_place(
+        reactor: Any, redis: RedisProcess, tmp_path: Path, warnings: list[str]) -> None:
+    audit = write_module(tmp_path, AUDITING_CONSUMER)
+    [server] = servers = nodes(reactor, redis, 1, "--history", "10", filters=(audit,))
+    try:
+        await all_ready(reactor, servers)
+        await until_conf(reactor, redis)
+        reader = await server.connect(protocols=V1)
+        for n in (1, 2):
+            fcall(redis, "global", f"m{n}")
+            head, body, _ = await headed(reader)
+            assert (head["group"], head["offset"], body) == ("audit", None, b"seen m%d" % n)
+            head, body, _ = await headed(reader)
+            assert (head["group"], head["offset"], body) == ("global", n, b"m%d" % n)
+        assert not [line for line in warnings if "changed a kept message" in line]
+    finally:
+        await stop(servers)
+
+
+GATED_CONSUMER = """
+from twisted.internet.defer import Deferred
+from fws.filters.base import WebSocketConsumerFilter
+
+#: The test fires it: until then the consumer chain waits on its first message.
+GATE = Deferred()
+
+class Gated(WebSocketConsumerFilter):
+    @staticmethod
+    async def filter(server, data):
+        await GATE
+        server.broadcast_channel(data["channel"], data["data"])
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_waiting_consumer_does_not_hold_back_a_token_groups_resume(
+        reactor: Any, redis: RedisProcess, tmp_path: Path) -> None:
+    """Only a channel's fence waits behind the consumer chain; a group's messages never pass it."""
+    import sys
+
+    from tests.test_history import joined
+    from tests.test_history_redis import until_members
+
+    gated = write_module(tmp_path, GATED_CONSUMER)
+    [server] = servers = nodes(reactor, redis, 1, "--history", "10",
+                               filters=(BY_TOKEN, gated))
+    gate = sys.modules[gated].GATE
+    try:
+        await all_ready(reactor, servers)
+        await until_conf(reactor, redis)
+        watcher = await server.connect(protocols=V1)
+        fcall(redis, "global", "stuck")  # the consumer chain waits on it from now on
+        sender = await server.connect()
+        await joined(sender, "room")
+        await until_members(reactor, redis, "room", 1)
+        sender.send("m1")
+        await wait_for(reactor, lambda: redis.command("XLEN", "fws:hist:room") == b":1",
+                       what="m1 kept")
+        back = await server.connect(resume_path({"room": ["nope", 0]}), protocols=V1)
+        answer = json.loads((await back.recv(timeout=2))[0])
+        assert (answer["group"], answer["recovered"], answer["offset"]) == ("room", False, 1)
+        gate.callback(None)
+        head, body, _ = await headed(watcher)
+        assert (head["group"], head["offset"], body) == ("global", 1, b"stuck")
+    finally:
+        if not gate.called:
+            gate.callback(None)
+        await stop(servers)
+
+
+# --- the function itself, on a Redis no node writes to -------------------------------------------
+
+def test_fws_publish_takes_only_whole_numbers_from_its_configuration(redis: RedisProcess) -> None:
+    """
+    K:histconf as something else wrote it: no size limit for a ``max`` of 0
+    (0 is true in Lua: every payload was refused), and a size or TTL that is
+    not a whole number from 1 up is no history (a plain PUBLISH), never an
+    XADD or PEXPIRE error halfway through that leaves an offset taken and
+    nothing kept under it.
+    """
+    from fws.storage_objects.redis import FUNCTIONS
+
+    assert redis.command("FUNCTION", "LOAD", "REPLACE", FUNCTIONS) == b"$3\r\nfws"
+    redis.command("HSET", "fws:histconf", "size", "10", "ttl", "60000", "max", "0")
+    assert fcall(redis, "global", "no limit") == b":1"
+    for size, ttl in (("1.5", "60000"), ("10", "0"), ("inf", "60000"), ("10", "nan"),
+                      ("-3", "60000"), ("10", "1e30")):
+        redis.command("HSET", "fws:histconf", "size", size, "ttl", ttl, "max", "100")
+        assert fcall(redis, "global", "plain") == b"$-1", (size, ttl)
+    assert redis.command("HGET", "fws:chistpos:global", "o") == b"$1\r\n1"  # none lost
+    redis.command("HSET", "fws:histconf", "size", "10", "ttl", "60000", "max", "100")
+    assert fcall(redis, "global", "kept") == b":2"
+    assert redis.command("XLEN", "fws:chist:global") == b":2"
+    assert int(redis.command("PTTL", "fws:chist:global")[1:]) > 50_000
+    assert fcall(redis, "global", "x" * 101).startswith(b"-ERR fws_publish: the payload is 101")
+    assert redis.command("FCALL", "fws_publish", "1", "global").startswith(
+        b"-ERR usage: FCALL fws_publish")
+    assert redis.command("FCALL", "fws_publish", "2", "a", "b", "c").startswith(b"-ERR usage")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unkept_message_during_a_replay_reaches_the_resumer_after_it(
+        reactor: Any, redis: RedisProcess) -> None:
+    """
+    A plain PUBLISH while a channel's replay runs: every other member gets it
+    live, with null epoch and offset; the resumer, skipped by live delivery,
+    gets it once the replay is over (no replay can give it, it was not kept).
+    """
+    [server] = servers = nodes(reactor, redis, 1, "--history", "100", filters=(PUBSUB,))
+    try:
+        await all_ready(reactor, servers)
+        await until_conf(reactor, redis)
+        probe = await server.connect(protocols=V1)
+        for i in range(1, 4):
+            fcall(redis, "global", f"m{i}")
+        heads = [(await headed(probe))[0] for _ in range(3)]
+        back = await server.connect(resume_path({"global": [heads[0]["epoch"], 1]}),
+                                    protocols=V1)
+        assert redis.publish("global", "unkept") == 1  # its replay is reading now
+        head, body, _ = await headed(probe)
+        assert (head["offset"], body) == (None, b"unkept")
+        got = [await headed(back) for _ in range(2)]
+        assert [(h["offset"], body) for h, body, _ in got] == [(2, b"m2"), (3, b"m3")]
+        assert json.loads((await back.recv())[0])["recovered"] is True
+        head, body, _ = await headed(back)
+        assert (head["offset"], body) == (None, b"unkept")
+        await back.silent(0.05)
+    finally:
+        await stop(servers)
+
+
+TO_CHANNEL = """
+from fws.filters.base import WebSocketMessageFilter
+
+class ToChannel(WebSocketMessageFilter):
+    @staticmethod
+    def filter(conn, data):
+        conn.factory.broadcast_channel("global", bytes(data))
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_another_broadcast_while_the_consumer_waits_leaves_the_kept_message_its_place(
+        reactor: Any, redis: RedisProcess, tmp_path: Path, warnings: list[str]) -> None:
+    """A client's message broadcast on the channel meanwhile is unkept; the kept one keeps its offset."""
+    import sys
+
+    gated, to_channel = write_module(tmp_path, GATED_CONSUMER), write_module(tmp_path, TO_CHANNEL)
+    [server] = servers = nodes(reactor, redis, 1, "--history", "10",
+                               filters=(to_channel, gated))
+    gate = sys.modules[gated].GATE
+    try:
+        await all_ready(reactor, servers)
+        await until_conf(reactor, redis)
+        reader = await server.connect(protocols=V1)
+        fcall(redis, "global", "kept")
+        await wait_for(reactor, lambda: server.factory.stats.pubsub_received == 1,
+                       what="the kept message in the consumer chain")
+        (await server.connect()).send("from a client")
+        head, body, _ = await headed(reader)
+        assert (head["offset"], body) == (None, b"from a client")
+        gate.callback(None)
+        head, body, _ = await headed(reader)
+        assert (head["group"], head["offset"], body) == ("global", 1, b"kept")
+        assert not [line for line in warnings if "changed a kept message" in line]
+    finally:
+        if not gate.called:
+            gate.callback(None)
+        await stop(servers)
+
+
+BOTH_CONSUMER = """
+from fws.filters.base import WebSocketConsumerFilter
+
+class Both(WebSocketConsumerFilter):
+    @staticmethod
+    def filter(server, data):
+        server.broadcast_channel(data["channel"], data["data"].upper())
+        server.broadcast_channel(data["channel"], data["data"])
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_consumer_that_sends_a_changed_copy_then_the_kept_message(
+        reactor: Any, redis: RedisProcess, tmp_path: Path, warnings: list[str]) -> None:
+    """The copy goes unkept, the kept message at its place; nothing to warn about."""
+    both = write_module(tmp_path, BOTH_CONSUMER)
+    [server] = servers = nodes(reactor, redis, 1, "--history", "10", filters=(both,))
+    try:
+        await all_ready(reactor, servers)
+        await until_conf(reactor, redis)
+        reader = await server.connect(protocols=V1)
+        fcall(redis, "global", "quiet")
+        got = [await headed(reader) for _ in range(2)]
+        assert [(h["offset"], body) for h, body, _ in got] == [(None, b"QUIET"), (1, b"quiet")]
+        fcall(redis, "global", "again")
+        assert [(await headed(reader))[0]["offset"] for _ in range(2)] == [None, 2]
+        assert not [line for line in warnings if "changed a kept message" in line]
+    finally:
+        await stop(servers)

@@ -64,7 +64,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from fws.config import ConfigError, Option
-from fws.history import MAX_EPOCH, MAX_OFFSET, PAGE_BYTES, Once, Page, new_epoch
+from fws.history import MAX_EPOCH, MAX_NAME, MAX_OFFSET, PAGE_BYTES, Once, Page, new_epoch
 from fws.redis_sentinel import MAX_SENTINELS, SENTINEL_PORT, check_master_name, parse_sentinels
 from fws.redis_service import (
     RedisAddress,
@@ -126,6 +126,10 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 GLOB = frozenset("*?[")
+
+#: The longest header of a kept channel message on ``K:bus`` read
+#: (``{"e":<epoch of MAX_EPOCH>,"o":<offset>,"n":<length>}`` is far shorter).
+KEPT_HEADER = 256
 
 
 def _signed(byte: int) -> int:
@@ -242,6 +246,8 @@ class RedisStorage(StorageBase, MultiService):
         self._patterns = [c.encode("utf-8") for c in channels if GLOB & set(c)]
         #: Channels published to with a plain PUBLISH while history is on (warned once each).
         self._plain_warned = Once(1000)
+        #: Messages on ``K:bus`` that were none of fws's (ignored; see :meth:`_malformed`).
+        self.malformed = 0
 
     def history(self, server: Any, reactor: Any, limits: Any) -> RedisHistory:
         """With ``--history``: one Redis Stream per group, shared by every node."""
@@ -259,9 +265,12 @@ class RedisStorage(StorageBase, MultiService):
         pattern (the first of ``--redis_channels`` that matches, as Redis
         would say it) or ``False`` for not at all.
         """
+        return self._serving(name, name.encode("utf-8", "surrogateescape"))
+
+    def _serving(self, name: str, raw: bytes) -> str | bool | None:
+        """:meth:`serving`, with the name as Redis has it too (patterns match its bytes)."""
         if name in self._channels:
             return None
-        raw = name.encode("utf-8", "surrogateescape")
         for pattern in self._patterns:
             if glob_match(pattern, raw):
                 return pattern.decode("utf-8")
@@ -402,34 +411,12 @@ class RedisStorage(StorageBase, MultiService):
             header, _, payload = data.partition(b"\n")
             if header[:1] == b"{":  # a channel message fws_publish kept
                 self._kept_channel_message(header, payload)
-                return
-            try:
-                parts = json.loads(header)
-                if len(parts) == 6:  # a group message with its place in the history
-                    origin, group, exclude_id, is_binary, epoch, offset = parts
-                    history = self._history
-                    if history is not None:
-                        history.deliver(group, str(epoch), int(offset), exclude_id,
-                                        bool(is_binary), payload)
-                    elif origin != self.node_id:
-                        # A node without --history (a rolling change): as a plain relay.
-                        server.deliver_relayed(None if group == "*" else group, exclude_id,
-                                               bool(is_binary), payload)
-                    return
-                if len(parts) == 3:  # a replay's fence: deliveries are past its read
-                    _, origin, fence = parts
-                    if origin == self.node_id and self._history is not None:
-                        self._history.server.history_fenced(str(fence))
-                    return
-                origin, group, exclude_id, is_binary = parts
-            except (ValueError, TypeError):
-                log.warn("ignoring a malformed message on {bus}", bus=self.bus.decode())
-                return
-            if origin != self.node_id:
-                server.deliver_relayed(group, exclude_id, bool(is_binary), payload)
+            else:
+                self._bus_message(header, payload)
             return
         name = channel.decode("utf-8", "backslashreplace")
-        if self._history is not None and self._plain_warned.first(name):
+        history = self._history
+        if history is not None and history.delivers_channels and self._plain_warned.first(name):
             log.warn("channel {channel} was published to with a plain PUBLISH: its messages are "
                      "delivered with null epoch and offset and are not kept for resume; publish "
                      "with FCALL fws_publish 1 {channel} <payload> {prefix} to keep them (said "
@@ -439,6 +426,65 @@ class RedisStorage(StorageBase, MultiService):
             pattern.decode("utf-8", "backslashreplace") if pattern is not None else None,
         )
 
+    def _bus_message(self, header: bytes, payload: bytes) -> None:
+        """
+        One of the nodes' own messages on ``K:bus``: a relayed broadcast
+        (``[origin, group, exclude, binary]``), a kept group message (the same
+        and its epoch and offset) or a replay's fence (``["fence", origin,
+        fence]``). Anything else (another client publishing there, a node of
+        another version) is counted and ignored: nothing read from Redis may
+        raise out of the subscriber's callback.
+        """
+        server = self._server
+        assert server is not None
+        try:
+            parts = json.loads(header)
+        except (ValueError, RecursionError):  # (RecursionError: deeply nested JSON)
+            parts = None
+        if type(parts) is not list:
+            self._malformed("not a JSON list")
+            return
+        if len(parts) == 3:  # a replay's fence: deliveries are past its read
+            _, origin, fence = parts
+            if type(fence) is not str or not 0 < len(fence) <= MAX_NAME:
+                self._malformed("a fence that is not a short string")
+            elif origin == self.node_id and self._history is not None:
+                self._history.server.history_fenced(fence)
+            return
+        if len(parts) not in (4, 6):
+            self._malformed(f"{len(parts)} fields")
+            return
+        origin, group, exclude_id, is_binary = parts[:4]
+        if (type(origin) is not str or not (group is None or type(group) is str)
+                or not (exclude_id is None or type(exclude_id) is str)
+                or type(is_binary) not in (bool, int)):
+            self._malformed("a field of the wrong type")
+            return
+        if len(parts) == 4:
+            if origin != self.node_id:
+                server.deliver_relayed(group, exclude_id, bool(is_binary), payload)
+            return
+        # A group message with its place in the history.
+        epoch, offset = parts[4:]
+        if (group is None or type(epoch) is not str or not 0 < len(epoch) <= MAX_EPOCH
+                or type(offset) is not int or not 0 < offset <= MAX_OFFSET):
+            self._malformed("a group message without a valid group, epoch and offset")
+            return
+        history = self._history
+        if history is not None:
+            history.deliver(group, epoch, offset, exclude_id, bool(is_binary), payload)
+        elif origin != self.node_id:
+            # A node without --history (a rolling change): as a plain relay.
+            server.deliver_relayed(None if group == "*" else group, exclude_id,
+                                   bool(is_binary), payload)
+
+    def _malformed(self, why: str) -> None:
+        """A bus message that is none of fws's: the first and every 1000th said, in one line."""
+        self.malformed += 1
+        if self.malformed == 1 or self.malformed % 1000 == 0:
+            log.warn("ignoring a malformed message on {bus} ({why}; {count} so far)",
+                     bus=self.bus.decode("utf-8", "replace"), why=why, count=self.malformed)
+
     def _kept_channel_message(self, header: bytes, rest: bytes) -> None:
         """
         ``{"e":epoch,"o":offset,"n":length}\\n`` + channel + payload on ``K:bus``:
@@ -447,23 +493,33 @@ class RedisStorage(StorageBase, MultiService):
         """
         server = self._server
         assert server is not None
-        try:
-            fields = json.loads(header)
-            epoch, offset, length = fields["e"], fields["o"], fields["n"]
-        except (ValueError, TypeError, KeyError):
-            fields = None
-        if (fields is None or not isinstance(epoch, str) or not 0 < len(epoch) <= MAX_EPOCH
-                or type(offset) is not int or not 0 < offset <= MAX_OFFSET
-                or type(length) is not int or not 0 < length <= len(rest)):
-            log.warn("ignoring a malformed message on {bus}", bus=self.bus.decode())
+        fields: Any = None
+        if len(header) <= KEPT_HEADER:
+            try:
+                fields = json.loads(header)
+            except (ValueError, RecursionError):
+                pass
+        if type(fields) is not dict:
+            self._malformed("a kept channel message whose header is not a short JSON object")
             return
-        name = rest[:length].decode("utf-8", "backslashreplace")
-        pattern = self.serving(name)
+        epoch, offset, length = fields.get("e"), fields.get("o"), fields.get("n")
+        if (type(epoch) is not str or not 0 < len(epoch) <= MAX_EPOCH
+                or type(offset) is not int or not 0 < offset <= MAX_OFFSET
+                or type(length) is not int or not 0 <= length <= len(rest)):
+            self._malformed("a kept channel message without a valid epoch, offset and length")
+            return
+        raw = rest[:length]
+        pattern = self._serving(raw.decode("utf-8", "surrogateescape"), raw)
         if pattern is False:
             return
         assert pattern is not True
-        position = (epoch, offset) if self._history is not None else None
-        server.deliver_pubsub(name, rest[length:], pattern, position=position)
+        history = self._history
+        position = None
+        if history is not None:
+            history.channel_received += 1
+            position = (epoch, offset)
+        server.deliver_pubsub(raw.decode("utf-8", "backslashreplace"), rest[length:], pattern,
+                              position=position)
 
     def member_joined(self, group: str, member_id: str) -> None:
         self._quietly(gatherResults([
@@ -627,6 +683,14 @@ return 1
 #:
 #: :meta hide-value:
 FUNCTIONS = b"""#!lua name=fws
+-- A whole number of K:histconf from 1 up, or nil: a bad value must not reach XADD or
+-- PEXPIRE halfway through (a script's writes before an error stay: a lost offset).
+local function whole(value)
+  local n = tonumber(value)
+  if n and n >= 1 and n < 2 ^ 53 and n == math.floor(n) then return n end
+  return nil
+end
+
 local function fws_publish(keys, args)
   local channel, payload = keys[1], args[1]
   if channel == nil or payload == nil or #keys ~= 1 then
@@ -634,12 +698,12 @@ local function fws_publish(keys, args)
   end
   local prefix = args[2] or 'fws'
   local conf = redis.call('HMGET', prefix .. ':histconf', 'size', 'ttl', 'max')
-  local size, ttl, most = tonumber(conf[1]), tonumber(conf[2]), tonumber(conf[3])
-  if not size or not ttl or size < 1 then
+  local size, ttl, most = whole(conf[1]), whole(conf[2]), whole(conf[3])
+  if not size or not ttl then
     redis.call('PUBLISH', channel, payload)
     return false
   end
-  if most and #payload > most then
+  if most and #payload > most then  -- (no limit without one: 0 is true in Lua)
     return redis.error_reply(string.format(
       'ERR fws_publish: the payload is %d bytes, more than the %d of --max-message-size',
       #payload, most))
@@ -655,10 +719,10 @@ local function fws_publish(keys, args)
   end
   local offset = redis.call('HINCRBY', position, 'o', 1)
   local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('XADD', stream, 'MAXLEN', '~', size, string.format('%d-%d', offset, ms),
-             'p', payload)
-  redis.call('PEXPIRE', stream, ttl)
-  redis.call('PEXPIRE', position, ttl)
+  redis.call('XADD', stream, 'MAXLEN', '~', string.format('%d', size),
+             string.format('%d-%d', offset, ms), 'p', payload)
+  redis.call('PEXPIRE', stream, string.format('%d', ttl))
+  redis.call('PEXPIRE', position, string.format('%d', ttl))
   redis.call('PUBLISH', prefix .. ':bus', '{"e":' .. cjson.encode(epoch) .. ',"o":' ..
              string.format('%d', offset) .. ',"n":' .. string.format('%d', #channel) ..
              '}\\n' .. channel .. payload)
@@ -699,6 +763,12 @@ class RedisHistory:
         self.max_message_size = max_message_size
         self.kept = 0
         self.failures = 0
+        #: Kept channel messages (``fws_publish``) this node got from the bus, for a
+        #: channel it serves: every node counts each, unlike ``kept`` (this node's writes).
+        self.channel_received = 0
+        #: Whether the server delivers channels at all (else a plain PUBLISH loses no
+        #: history there, and is not warned about).
+        self.delivers_channels = bool(getattr(server, "delivers_channels", True))
 
     def _keys(self, group: str, channel: bool = False) -> list[str | bytes]:
         key, kind = self.storage.key, "chist" if channel else "hist"
@@ -773,7 +843,7 @@ class RedisHistory:
                     bool(int(complete)))
 
     def collect(self) -> Mapping[str, int]:
-        return {"kept": self.kept}
+        return {"kept": self.kept, "channel_received": self.channel_received}
 
 
 def make_storage_object(config: Any, reactor: Any) -> RedisStorage:
