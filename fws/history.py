@@ -200,6 +200,10 @@ class HistoryServer(Protocol):
     def history_fenced(self, fence: str) -> None:
         """A replay's read fence came back from the store (:meth:`HistoryStore.read`)."""
 
+    @property
+    def delivers_channels(self) -> bool:
+        """Whether this server's consumer chain delivers pub/sub channels to its users."""
+
 
 class HistoryStore(Protocol):
     """Keeps each group's messages and assigns their offsets."""

@@ -64,7 +64,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from fws.config import ConfigError, Option
-from fws.history import MAX_EPOCH, MAX_NAME, MAX_OFFSET, PAGE_BYTES, Once, Page, new_epoch
+from fws.history import MAX_EPOCH, MAX_NAME, MAX_OFFSET, PAGE_BYTES, HistoryServer, Once, Page, new_epoch
 from fws.redis_sentinel import MAX_SENTINELS, SENTINEL_PORT, check_master_name, parse_sentinels
 from fws.redis_service import (
     RedisAddress,
@@ -754,7 +754,7 @@ class RedisHistory:
 
     fences = True
 
-    def __init__(self, storage: RedisStorage, server: Any, size: int, ttl: float,
+    def __init__(self, storage: RedisStorage, server: HistoryServer, size: int, ttl: float,
                  max_message_size: int = 0) -> None:
         self.storage = storage
         self.server = server
@@ -768,7 +768,7 @@ class RedisHistory:
         self.channel_received = 0
         #: Whether the server delivers channels at all (else a plain PUBLISH loses no
         #: history there, and is not warned about).
-        self.delivers_channels = bool(getattr(server, "delivers_channels", True))
+        self.delivers_channels = server.delivers_channels
 
     def _keys(self, group: str, channel: bool = False) -> list[str | bytes]:
         key, kind = self.storage.key, "chist" if channel else "hist"
