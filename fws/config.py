@@ -489,6 +489,12 @@ def resolve(
             head = arg.partition("=")[0]
             if head.startswith("--redis") and head not in known:
                 raise ConfigError(_needs_redis(head))
+        # The same in the environment: FWS_REDIS_URL set for a deployment that forgot
+        # FWS_STORAGE would otherwise run a lone node, silently, where several were meant.
+        known_vars = {var for opt in options for var in opt.env_vars}
+        for var in sorted(environ):
+            if var.startswith("FWS_REDIS") and environ[var] and var not in known_vars:
+                raise ConfigError(_needs_redis(f"${var}"))
     ns = parser.parse_args(list(argv))
     if ns._help:
         if print_help is not None:

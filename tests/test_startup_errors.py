@@ -209,6 +209,17 @@ def test_redis_option_in_a_config_file_needs_redis_storage(tmp_path: Path) -> No
     assert_one_line(result, 2, f"config file fws.json: 'redis_port' {REDIS_HINT}")
 
 
+@pytest.mark.parametrize("var", ["FWS_REDIS_URL", "FWS_REDIS_PORT"])
+def test_redis_variables_need_redis_storage(tmp_path: Path, var: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Redis variable without the Redis storage is refused as the option is, not ignored."""
+    monkeypatch.setenv(var, "redis://localhost:7000/0" if var == "FWS_REDIS_URL" else "7000")
+    assert_one_line(run(["--check"], tmp_path), 2, f"${var} {REDIS_HINT}")
+    monkeypatch.setenv("FWS_STORAGE", "fws.storage_objects.redis")
+    result = run(["--check"], tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
 def test_redis_options_with_redis_storage_are_options(tmp_path: Path) -> None:
     """Selected, the Redis storage takes them (and a misspelt one is argparse's as before)."""
     storage = ["--storage", "fws.storage_objects.redis"]
