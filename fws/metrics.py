@@ -210,6 +210,16 @@ class FwsCollector(Collector):
                           "Kept pub/sub channel messages (Redis FCALL fws_publish) this node "
                           "received with their place, for channels it serves.",
                           kept.get("channel_received", 0))
+            yield counter("fws_history_messages_filled",
+                          "Kept group messages this node missed live (its Redis subscriber "
+                          "connection was down) and read from the history to deliver.",
+                          kept.get("filled", 0))
+            yield counter("fws_history_messages_lost_in_gaps",
+                          "Group messages this node missed live that the history no longer "
+                          "had (retention exceeded, history lost).", kept.get("gap_lost", 0))
+            yield counter("fws_history_duplicates_dropped",
+                          "Kept group messages this node heard again after delivering them "
+                          "(dropped).", kept.get("duplicates", 0))
             for name in ("groups", "messages", "bytes"):
                 if name in kept:
                     yield GaugeMetricFamily(f"fws_history_{name}",

@@ -607,6 +607,9 @@ class RedisService(Service):
     :param on_commands_up: Called whenever the command connection becomes
         usable (first connect and every reconnect): the place to restore state
         that a restarted Redis lost.
+    :param on_resubscribed: Called once both connections are up again after
+        the subscriber connection was lost (not on the first connect): what was
+        published meanwhile was not heard, and is worth looking for.
     :param ping_interval: Seconds between PINGs on each connection (0: none).
     :param ping_timeout: Seconds a PING may take before its connection is dropped.
     :param reply_timeout: Seconds Redis may answer nothing while replies are
@@ -626,6 +629,7 @@ class RedisService(Service):
         patterns: Sequence[bytes] = (),
         on_message: MessageHandler,
         on_commands_up: Callable[[], Any] | None = None,
+        on_resubscribed: Callable[[], Any] | None = None,
         ping_interval: float = 5.0,
         ping_timeout: float = 2.0,
         reply_timeout: float = 5.0,
@@ -639,6 +643,9 @@ class RedisService(Service):
         self.patterns = tuple(patterns)
         self._on_message = on_message
         self._on_commands_up = on_commands_up
+        self._on_resubscribed = on_resubscribed
+        #: The subscriber connection came back since both were last up.
+        self._resubscribed = False
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.reply_timeout = reply_timeout
@@ -1020,6 +1027,8 @@ class RedisService(Service):
             return
         if link.ever_up:
             self.reconnects[link.kind] += 1
+            if link is self._subscriber_link:
+                self._resubscribed = True
         if link is self._command_link:
             where = _peer(link.proto) or link.where
             if self.master is not None and where != self.master:
@@ -1034,6 +1043,14 @@ class RedisService(Service):
                 log.failure("restoring state after the Redis connection came back failed")
         if not self.ready:
             return
+        if self._resubscribed:
+            self._resubscribed = False
+            if self._on_resubscribed is not None:
+                try:
+                    self._on_resubscribed()
+                except Exception:
+                    log.failure("looking for what was published while the subscriber "
+                                "connection was down failed")
         self._following = None
         since, self._outage_since = self._outage_since, None
         self._refusals.clear()

@@ -53,6 +53,7 @@ past that raises a ``TypeError`` saying what to write instead
 from __future__ import annotations
 
 import json
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, NoReturn
@@ -64,7 +65,19 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from fws.config import ConfigError, Option
-from fws.history import MAX_EPOCH, MAX_NAME, MAX_OFFSET, PAGE_BYTES, HistoryServer, Once, Page, new_epoch
+from fws.history import (
+    MAX_EPOCH,
+    MAX_GROUPS,
+    MAX_HELD,
+    MAX_NAME,
+    MAX_OFFSET,
+    PAGE,
+    PAGE_BYTES,
+    HistoryServer,
+    Once,
+    Page,
+    new_epoch,
+)
 from fws.redis_sentinel import MAX_SENTINELS, SENTINEL_PORT, check_master_name, parse_sentinels
 from fws.redis_service import (
     RedisAddress,
@@ -233,6 +246,7 @@ class RedisStorage(StorageBase, MultiService):
             patterns=[c for c in user if GLOB & set(c.decode())],
             on_message=self._on_message,
             on_commands_up=self._restore,
+            on_resubscribed=self._resubscribed,
             **timeouts,
         )
         self.redis.setServiceParent(self)
@@ -252,7 +266,7 @@ class RedisStorage(StorageBase, MultiService):
     def history(self, server: Any, reactor: Any, limits: Any) -> RedisHistory:
         """With ``--history``: one Redis Stream per group, shared by every node."""
         self._history = RedisHistory(self, server, limits.history_size, limits.history_ttl,
-                                     limits.max_message_size)
+                                     limits.max_message_size, reactor)
         return self._history
 
     def is_channel(self, name: str) -> bool:
@@ -449,7 +463,7 @@ class RedisStorage(StorageBase, MultiService):
             if type(fence) is not str or not 0 < len(fence) <= MAX_NAME:
                 self._malformed("a fence that is not a short string")
             elif origin == self.node_id and self._history is not None:
-                self._history.server.history_fenced(fence)
+                self._history.fenced(fence)
             return
         if len(parts) not in (4, 6):
             self._malformed(f"{len(parts)} fields")
@@ -514,12 +528,24 @@ class RedisStorage(StorageBase, MultiService):
             return
         assert pattern is not True
         history = self._history
-        position = None
-        if history is not None:
-            history.channel_received += 1
-            position = (epoch, offset)
-        server.deliver_pubsub(raw.decode("utf-8", "backslashreplace"), rest[length:], pattern,
-                              position=position)
+        name = raw.decode("utf-8", "backslashreplace")
+        if history is None:
+            server.deliver_pubsub(name, rest[length:], pattern)
+            return
+        history.channel_received += 1
+        history.deliver_channel(name, pattern, epoch, offset, rest[length:])
+
+    def deliver_kept_channel(self, name: str, payload: bytes, pattern: str | None,
+                             position: tuple[str, int]) -> None:
+        """A kept channel message, in its place (:class:`RedisHistory`), to the consumer chain."""
+        server = self._server
+        if server is not None:
+            server.deliver_pubsub(name, payload, pattern, position=position)
+
+    def _resubscribed(self) -> None:
+        """The subscriber connection is back: what was published meanwhile may be kept."""
+        if self._history is not None:
+            self._history.check_all()
 
     def member_joined(self, group: str, member_id: str) -> None:
         self._quietly(gatherResults([
@@ -741,6 +767,54 @@ def _is_binary(payload: bytes) -> bool:
     return False
 
 
+#: A group message as this node sequences it: epoch, offset, the sender to leave out,
+#: binary flag, payload, and (channels) the pattern this node serves it by.
+_Message = tuple[str, int, str | None, bool, bytes, str | None]
+
+#: Groups whose check after the subscriber came back reads at once, at most (the
+#: others wait their turn, a reactor turn after one is done).
+CHECKS_AT_ONCE = 32
+
+
+class _Sequence:
+    """Where this node is in one group's history: the last (epoch, offset) it delivered."""
+
+    __slots__ = ("epoch", "last", "held", "fill", "pattern")
+
+    def __init__(self, epoch: str, last: int, pattern: str | None) -> None:
+        self.epoch = epoch
+        self.last = last
+        #: While a fill reads: the live messages that came meanwhile, in order.
+        self.held: list[_Message] = []
+        self.fill: _Fill | None = None
+        self.pattern = pattern
+
+
+class _Fill:
+    """
+    One read of what this node missed of a group: up to ``target`` (the
+    first held message, after a gap) or, for a check after the subscriber
+    came back, whatever follows ``last``.
+    """
+
+    __slots__ = ("key", "seq", "epoch", "start", "target", "end", "got", "check", "renewed")
+
+    def __init__(self, key: tuple[bool, str], seq: _Sequence, target: int | None,
+                 check: bool) -> None:
+        self.key = key
+        self.seq = seq
+        self.epoch = seq.epoch
+        self.start = seq.last
+        self.target = target
+        #: The last offset the fill is after (``target - 1``; a check: the first page's last).
+        self.end = target - 1 if target is not None else None
+        #: Offsets delivered by this fill.
+        self.got: set[int] = set()
+        self.check = check
+        #: A check found the group in a new epoch and reads that one from its start.
+        self.renewed = False
+
+
 class RedisHistory:
     """
     :class:`fws.history.HistoryStore` on Redis: one stream per group, shared
@@ -750,13 +824,34 @@ class RedisHistory:
     place; published with a plain PUBLISH they reach ``fws.v1`` clients with
     a header whose epoch and offset are ``null``, as do group messages while
     Redis is unavailable, which are then delivered on this node only.
+
+    The node fills its own gaps: it remembers the last (epoch, offset) it
+    delivered of each group (:data:`fws.history.MAX_GROUPS` at most, the
+    least recently delivered forgotten first: such a group starts afresh).
+    A message whose offset is not the next one was missed by this node's
+    subscriber connection (down while it was published: Redis pub/sub keeps
+    nothing), but the stream kept it: the message is held (with those that
+    follow it, :data:`fws.history.MAX_HELD` at most), the missing ones are
+    read (the history's SIZE at most) and delivered in order, then the held
+    ones; an offset already delivered is dropped. Once the subscriber
+    connection is back (:meth:`check_all`), every group remembered is read
+    after its last offset, so that a gap is filled even if no later message
+    shows it. A filled message goes through the same delivery as a live one
+    (replays hold it as live); its stream entry names no sender, so the
+    sender gets a filled message of a token group too. A filled channel
+    message goes through the consumer chain as a live one does, with its
+    place: behind the live ones still in an asynchronous chain (its order),
+    and through the same filters (what plain clients get of it is what they
+    would have got live); a replay, which sends what was kept to one
+    client, does not.
     """
 
     fences = True
 
     def __init__(self, storage: RedisStorage, server: HistoryServer, size: int, ttl: float,
-                 max_message_size: int = 0) -> None:
+                 max_message_size: int, reactor: Any) -> None:
         self.storage = storage
+        self.reactor = reactor
         self.server = server
         self.size = size
         self.ttl_ms = max(1, int(ttl * 1000))
@@ -769,6 +864,23 @@ class RedisHistory:
         #: Whether the server delivers channels at all (else a plain PUBLISH loses no
         #: history there, and is not warned about).
         self.delivers_channels = server.delivers_channels
+        #: (is a channel, name) -> where this node is in it, the least recent first.
+        self._sequences: OrderedDict[tuple[bool, str], _Sequence] = OrderedDict()
+        #: Messages this node missed live and read from the stream; missed ones the
+        #: stream no longer had; ones heard twice (dropped); fills that could not read.
+        self.filled = 0
+        self.gap_lost = 0
+        self.duplicates = 0
+        self.fill_failures = 0
+        #: Fills reading now; replays' fences held meanwhile (see :meth:`fenced`).
+        self._fills = 0
+        self._fences: list[str] = []
+        #: Groups to check after the subscriber came back, checks reading, and what
+        #: this round of checks found (filled, lost, groups in a new epoch).
+        self._checks: deque[tuple[bool, str]] = deque()
+        self._checking = 0
+        self._pump_call: Any = None
+        self._round = [0, 0, 0]
 
     def _keys(self, group: str, channel: bool = False) -> list[str | bytes]:
         key, kind = self.storage.key, "chist" if channel else "hist"
@@ -817,12 +929,221 @@ class RedisHistory:
 
     def deliver(self, group: str, epoch: str, offset: int, exclude_id: str | None,
                 is_binary: bool, payload: bytes) -> None:
-        """A kept group message from the bus (any node's, this one's too)."""
-        self.server.deliver_history(group, epoch, offset, exclude_id, is_binary, payload)
+        """A kept group message from the bus (any node's, this one's too), in its place."""
+        self._arrive((False, group), (epoch, offset, exclude_id, is_binary, payload, None))
+
+    def deliver_channel(self, channel: str, pattern: str | None, epoch: str, offset: int,
+                        payload: bytes) -> None:
+        """A kept channel message from the bus (``fws_publish``), for a channel this node serves."""
+        self._arrive((True, channel), (epoch, offset, None, False, payload, pattern))
+
+    def _send(self, key: tuple[bool, str], message: _Message) -> None:
+        epoch, offset, exclude_id, is_binary, payload, pattern = message
+        if key[0]:
+            self.storage.deliver_kept_channel(key[1], payload, pattern, (epoch, offset))
+        else:
+            self.server.deliver_history(key[1], epoch, offset, exclude_id, is_binary, payload)
+
+    def _arrive(self, key: tuple[bool, str], message: _Message) -> None:
+        sequences = self._sequences
+        seq = sequences.get(key)
+        if seq is None:
+            for _ in range(len(sequences)):
+                if len(sequences) < MAX_GROUPS:
+                    break
+                oldest, first = next(iter(sequences.items()))
+                if first.fill is None:
+                    del sequences[oldest]  # (it starts afresh if it comes again)
+                else:
+                    sequences.move_to_end(oldest)  # (a fill under way keeps its place)
+            seq = sequences[key] = _Sequence(message[0], message[1] - 1, message[5])
+        else:
+            sequences.move_to_end(key)
+        if key[0]:
+            seq.pattern = message[5]
+        if seq.fill is not None:
+            if len(seq.held) < MAX_HELD:
+                seq.held.append(message)
+                return
+            # More live traffic than a fill may hold: it ends now, with what it has.
+            self._finish(seq.fill, "more live messages came than a fill holds")
+            if seq.fill is not None:  # (a held one began another)
+                seq.held.append(message)
+                return
+        self._next(key, seq, message)
+
+    def _next(self, key: tuple[bool, str], seq: _Sequence, message: _Message) -> None:
+        epoch, offset = message[0], message[1]
+        if epoch != seq.epoch:  # a new history: nothing before it can be asked for
+            seq.epoch, seq.last = epoch, offset
+            self._send(key, message)
+        elif offset <= seq.last:
+            self.duplicates += 1
+        elif offset == seq.last + 1:
+            seq.last = offset
+            self._send(key, message)
+        else:
+            seq.held.append(message)
+            self._fill(key, seq, offset, check=False)
+
+    def _fill(self, key: tuple[bool, str], seq: _Sequence, target: int | None,
+              check: bool) -> None:
+        fill = seq.fill = _Fill(key, seq, target, check)
+        self._fills += 1
+        after = seq.last if target is None else max(seq.last, target - 1 - self.size)
+        self._read_more(fill, after)
+
+    def _read_more(self, fill: _Fill, after: int) -> None:
+        count = min(PAGE, self.size - len(fill.got))
+        if fill.end is not None:
+            count = min(count, fill.end - after)
+        if count <= 0:
+            self._finish(fill)
+            return
+        d = self._read(fill.key[1], fill.key[0], after, count, "")
+        d.addCallbacks(self._filled, self._fill_failed, callbackArgs=(fill,),
+                       errbackArgs=(fill,))
+
+    def _filled(self, page: Page, fill: _Fill) -> None:
+        seq = fill.seq
+        if seq.fill is not fill:  # (it ended meanwhile: more live messages than it holds)
+            return
+        if page.epoch != fill.epoch:
+            if not fill.check or fill.renewed or fill.got:
+                # The history was lost after what was held (or meanwhile): what was
+                # missed cannot be read any more.
+                self._finish(fill)
+                return
+            # A check: the group began a new epoch while the subscriber was down (Redis
+            # restarted empty): what was missed of the old one is gone, the new one's
+            # messages are read from its start.
+            fill.renewed = True
+            if page.last:  # (none: the group was idle, its position expired, nothing lost)
+                self._round[2] += 1
+            seq.epoch, seq.last = page.epoch, 0
+            fill.epoch, fill.start, fill.end = page.epoch, 0, page.last
+            self._read_more(fill, max(0, page.last - self.size))
+            return
+        if fill.end is None:
+            fill.end = page.last
+        after = seq.last
+        for offset, _, is_binary, payload in page.entries:
+            after = offset
+            if offset > fill.end or len(fill.got) >= self.size:
+                break
+            if offset <= seq.last:
+                continue
+            seq.last = offset
+            fill.got.add(offset)
+            self.filled += 1
+            self._send(fill.key, (fill.epoch, offset, None, is_binary, payload, seq.pattern))
+        if page.complete or not page.entries or after >= fill.end or len(fill.got) >= self.size:
+            self._finish(fill)
+        else:
+            self._read_more(fill, after)
+
+    def _fill_failed(self, failure: Any, fill: _Fill) -> None:
+        if fill.seq.fill is not fill:
+            return
+        self.fill_failures += 1
+        if self.fill_failures == 1 or self.fill_failures % 1000 == 0:
+            log.warn("could not read what this node missed of {group} from Redis ({count} "
+                     "so far); delivering what came after it: {reason}", group=fill.key[1],
+                     count=self.fill_failures, reason=failure.getErrorMessage())
+        self._finish(fill, "", failed=True)
+
+    def _finish(self, fill: _Fill, why: str = "", failed: bool = False) -> None:
+        """
+        The fill is over: count (and say) what the stream no longer had, then
+        deliver the held messages in order (one that begins another gap
+        begins another fill, which holds the rest).
+        """
+        seq, key = fill.seq, fill.key
+        seq.fill = None
+        self._fills -= 1
+        held, seq.held = seq.held, []
+        end = fill.end if fill.end is not None else seq.last
+        came = {m[1] for m in held if m[0] == fill.epoch and fill.start < m[1] <= end}
+        lost = max(0, end - fill.start - len(fill.got | came))
+        if lost:
+            self.gap_lost += lost
+            if fill.check:
+                self._round[1] += lost
+            elif not failed:
+                log.warn("{lost} messages of {group} this node missed are no longer kept "
+                         "in Redis ({why}); its members here did not get them", lost=lost,
+                         group=key[1], why=why or "retention exceeded, or the history lost")
+        if fill.check:
+            self._round[0] += len(fill.got)
+        if fill.epoch == seq.epoch:
+            # What was not found is given up: the held messages follow on.
+            first = held[0][1] - 1 if held and held[0][0] == seq.epoch else end
+            seq.last = max(seq.last, min(first, end) if held else end)
+        for message in held:
+            if seq.fill is not None:
+                seq.held.append(message)
+            else:
+                self._next(key, seq, message)
+        if fill.check:
+            self._checking -= 1
+            self._pump_later()
+        if not self._fills and self._fences:
+            fences, self._fences = self._fences, []
+            for fence in fences:
+                self.server.history_fenced(fence)
+
+    def fenced(self, fence: str) -> None:
+        """
+        A replay's fence from the bus: while a fill reads, it waits until the
+        fills are over, so that no replay ends before a message its read
+        covered (missed live, being filled) has been delivered, and held.
+        """
+        if self._fills and len(self._fences) < MAX_HELD:
+            self._fences.append(fence)
+        else:
+            self.server.history_fenced(fence)
+
+    def check_all(self) -> None:
+        """
+        The subscriber connection is back: read what follows the last offset
+        of every group this node remembers, :data:`CHECKS_AT_ONCE` at a time.
+        """
+        queued = set(self._checks)
+        self._checks.extend(key for key in self._sequences if key not in queued)
+        self._pump_later()
+
+    def _pump_later(self) -> None:
+        if self._pump_call is None and self._checks:
+            self._pump_call = self.reactor.callLater(0, self._pump)
+        elif not self._checks and not self._checking:
+            filled, lost, renewed = self._round
+            self._round = [0, 0, 0]
+            if lost or renewed:
+                log.warn("after the Redis subscriber connection came back: {filled} missed "
+                         "messages delivered, {lost} no longer kept, {renewed} groups with a new "
+                         "epoch (history lost)", filled=filled, lost=lost, renewed=renewed)
+            elif filled:
+                log.info("after the Redis subscriber connection came back: {filled} missed "
+                         "messages delivered", filled=filled)
+
+    def _pump(self) -> None:
+        self._pump_call = None
+        checks = self._checks
+        while checks and self._checking < CHECKS_AT_ONCE:
+            key = checks.popleft()
+            seq = self._sequences.get(key)
+            if seq is None or seq.fill is not None:
+                continue
+            self._checking += 1
+            self._fill(key, seq, None, check=True)
+        self._pump_later()
 
     def read(self, group: str, after: int, count: int, fence: str) -> Deferred[Page]:
+        return self._read(group, self.is_channel(group), after, count, fence)
+
+    def _read(self, group: str, channel: bool, after: int, count: int,
+              fence: str) -> Deferred[Page]:
         message = json.dumps(["fence", self.storage.node_id, fence]) if fence else ""
-        channel = self.is_channel(group)
         d = self.storage.redis.run_script(READ, self._keys(group, channel), [
             after, count, new_epoch(), self.ttl_ms, message, PAGE_BYTES])
         return d.addCallback(self._page)
@@ -843,7 +1164,8 @@ class RedisHistory:
                     bool(int(complete)))
 
     def collect(self) -> Mapping[str, int]:
-        return {"kept": self.kept, "channel_received": self.channel_received}
+        return {"kept": self.kept, "channel_received": self.channel_received,
+                "filled": self.filled, "gap_lost": self.gap_lost, "duplicates": self.duplicates}
 
 
 def make_storage_object(config: Any, reactor: Any) -> RedisStorage:
