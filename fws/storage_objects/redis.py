@@ -872,6 +872,8 @@ class RedisHistory:
         self.gap_lost = 0
         self.duplicates = 0
         self.fill_failures = 0
+        #: Fills that found messages gone (the first ten and every 1000th are said).
+        self.lossy_fills = 0
         #: Fills reading now; replays' fences held meanwhile (see :meth:`fenced`).
         self._fills = 0
         self._fences: list[str] = []
@@ -1026,6 +1028,10 @@ class RedisHistory:
             return
         if fill.end is None:
             fill.end = page.last
+            if page.last - fill.start > self.size:
+                # More was missed than is kept: the SIZE most recent, as a resume would.
+                self._read_more(fill, page.last - self.size)
+                return
         after = seq.last
         for offset, _, is_binary, payload in page.entries:
             after = offset
@@ -1069,10 +1075,13 @@ class RedisHistory:
             self.gap_lost += lost
             if fill.check:
                 self._round[1] += lost
-            elif not failed:
-                log.warn("{lost} messages of {group} this node missed are no longer kept "
-                         "in Redis ({why}); its members here did not get them", lost=lost,
-                         group=key[1], why=why or "retention exceeded, or the history lost")
+            if not failed:  # (a failed read said so already)
+                self.lossy_fills += 1
+                if self.lossy_fills <= 10 or self.lossy_fills % 1000 == 0:
+                    log.warn("{lost} messages of {group} that this node missed are no longer "
+                             "kept in Redis ({why}); its members here did not get them ({count} "
+                             "such gaps so far)", lost=lost, group=key[1], count=self.lossy_fills,
+                             why=why or "retention exceeded, or the history lost")
         if fill.check:
             self._round[0] += len(fill.got)
         if fill.epoch == seq.epoch:
@@ -1118,13 +1127,11 @@ class RedisHistory:
         elif not self._checks and not self._checking:
             filled, lost, renewed = self._round
             self._round = [0, 0, 0]
-            if lost or renewed:
-                log.warn("after the Redis subscriber connection came back: {filled} missed "
-                         "messages delivered, {lost} no longer kept, {renewed} groups with a new "
-                         "epoch (history lost)", filled=filled, lost=lost, renewed=renewed)
-            elif filled:
+            if filled or lost or renewed:
                 log.info("after the Redis subscriber connection came back: {filled} missed "
-                         "messages delivered", filled=filled)
+                         "messages delivered, {lost} no longer kept, {renewed} groups in a new "
+                         "epoch (their history was lost)", filled=filled, lost=lost,
+                         renewed=renewed)
 
     def _pump(self) -> None:
         self._pump_call = None
