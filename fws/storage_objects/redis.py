@@ -1122,9 +1122,11 @@ class RedisHistory:
         self._pump_later()
 
     def _pump_later(self) -> None:
-        if self._pump_call is None and self._checks:
-            self._pump_call = self.reactor.callLater(0, self._pump)
-        elif not self._checks and not self._checking:
+        if self._checks:
+            # (A check that ends calls this again: no turn is spent while all are reading.)
+            if self._pump_call is None and self._checking < CHECKS_AT_ONCE:
+                self._pump_call = self.reactor.callLater(0, self._pump)
+        elif not self._checking:
             filled, lost, renewed = self._round
             self._round = [0, 0, 0]
             if filled or lost or renewed:
