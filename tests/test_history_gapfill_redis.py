@@ -13,6 +13,7 @@ import json
 import socket
 from typing import Any
 
+import pytest
 import pytest_twisted
 
 from fws.storage_objects.redis import APPEND
@@ -125,8 +126,14 @@ async def test_a_token_groups_messages_missed_while_the_subscriber_was_down_are_
 
 
 @pytest_twisted.ensureDeferred
-async def test_channel_messages_missed_are_filled_before_a_live_one_and_exactly_once(
-        reactor: Any, redis: RedisProcess) -> None:
+@pytest.mark.parametrize("live_after", [True, False], ids=["a-live-one-after", "none-after"])
+async def test_channel_messages_missed_are_filled_exactly_once_in_order(
+        reactor: Any, redis: RedisProcess, live_after: bool) -> None:
+    """
+    With a live one right after the subscriber is back, its gap or the check
+    fills what came before it; with none, the check does. Either way each
+    once, in order, to fws.v1 and plain clients alike.
+    """
     (a,) = servers = nodes(reactor, redis, 1, "--history", "100", filters=(PUBSUB,))
     try:
         await all_ready(reactor, servers)
@@ -137,39 +144,20 @@ async def test_channel_messages_missed_are_filled_before_a_live_one_and_exactly_
         head, _, _ = await headed(v1)
         assert (head["group"], head["offset"]) == ("global", 1)
         kill_subscriber_then(redis, [fcall("global", f"c{i}") for i in range(2, 9)])
-        await back(reactor, a)
-        # A live one right after the subscriber is back: its gap, or the check, fills
-        # what came before it; either way each once, in order.
-        redis.command("FCALL", "fws_publish", "1", "global", "c9", "fws")
-        assert await offsets_and_bodies(v1, 8) == [(i, b"c%d" % i) for i in range(2, 10)]
-        assert [await plain.recv() for _ in range(8)] == [(b"c%d" % i, False)
-                                                          for i in range(2, 10)]
+        last = 8
+        if live_after:
+            await back(reactor, a)
+            redis.command("FCALL", "fws_publish", "1", "global", "c9", "fws")
+            last = 9
+        assert await offsets_and_bodies(v1, last - 1) == [(i, b"c%d" % i)
+                                                          for i in range(2, last + 1)]
+        assert [await plain.recv() for _ in range(last - 1)] == [
+            (b"c%d" % i, False) for i in range(2, last + 1)]
         await v1.silent(0.2)
         await plain.silent(0)
         found = metrics(a)
         assert found["fws_history_messages_filled_total"] == 7
         assert found["fws_history_messages_lost_in_gaps_total"] == 0
-    finally:
-        await stop(servers)
-
-
-@pytest_twisted.ensureDeferred
-async def test_channel_messages_missed_are_filled_with_no_live_one_after_them(
-        reactor: Any, redis: RedisProcess) -> None:
-    (a,) = servers = nodes(reactor, redis, 1, "--history", "100", filters=(PUBSUB,))
-    try:
-        await all_ready(reactor, servers)
-        await until_conf(reactor, redis)
-        plain, v1 = await a.connect(), await a.connect(protocols=V1)
-        redis.command("FCALL", "fws_publish", "1", "global", "c1", "fws")
-        assert await plain.recv() == (b"c1", False)
-        assert (await headed(v1))[0]["offset"] == 1
-        kill_subscriber_then(redis, [fcall("global", f"c{i}") for i in range(2, 5)])
-        assert await offsets_and_bodies(v1, 3) == [(2, b"c2"), (3, b"c3"), (4, b"c4")]
-        assert [await plain.recv() for _ in range(3)] == [(b"c2", False), (b"c3", False),
-                                                          (b"c4", False)]
-        await v1.silent(0.2)
-        await plain.silent(0)
     finally:
         await stop(servers)
 
