@@ -70,6 +70,20 @@ def masked_text(payload: bytes) -> bytes:
     return bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload
 
 
+def read_all(poller: select.epoll, by_fd: dict[int, socket.socket], waiting: int,
+             failure: str) -> None:
+    """Read ``waiting`` bytes from the polled sockets, within 30 s (else ``failure``)."""
+    deadline = time.monotonic() + 30
+    while waiting > 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(failure)
+        for fd, _ in poller.poll(1.0):
+            try:
+                waiting -= len(by_fd[fd].recv(65536))
+            except BlockingIOError:
+                pass
+
+
 def run(bench: object, name: str, cmd: str, logs: str, receivers: int, messages: int) -> tuple[float, float]:
     srv = bench.Server(name, cmd, logs)  # type: ignore[attr-defined]
     try:
@@ -84,16 +98,8 @@ def run(bench: object, name: str, cmd: str, logs: str, receivers: int, messages:
         before = cpu_of(srv.pids)
         for i in range(messages):
             sender.sendall(masked_text(b"%064d" % i))
-            waiting = receivers * frame_len
-            deadline = time.monotonic() + 30
-            while waiting > 0:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{name}: message {i} did not reach every receiver")
-                for fd, _ in poller.poll(1.0):
-                    try:
-                        waiting -= len(by_fd[fd].recv(65536))
-                    except BlockingIOError:
-                        pass
+            read_all(poller, by_fd, receivers * frame_len,
+                     f"{name}: message {i} did not reach every receiver")
         after = cpu_of(srv.pids)
         deliveries = receivers * messages
         for s in clients + [sender]:

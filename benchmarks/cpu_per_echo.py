@@ -26,7 +26,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cpu_per_delivery import connect, cpu_of, masked_text, measure
+from cpu_per_delivery import connect, cpu_of, masked_text, measure, read_all
 
 
 def run(bench: object, name: str, cmd: str, logs: str, clients: int, rounds: int) -> tuple[float, float]:
@@ -44,16 +44,7 @@ def run(bench: object, name: str, cmd: str, logs: str, clients: int, rounds: int
         for i in range(rounds):
             for s, f in zip(socks, frames):
                 s.send(f)
-            waiting = clients * answer
-            deadline = time.monotonic() + 30
-            while waiting > 0:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{name}: round {i} was not answered in full")
-                for fd, _ in poller.poll(1.0):
-                    try:
-                        waiting -= len(by_fd[fd].recv(65536))
-                    except BlockingIOError:
-                        pass
+            read_all(poller, by_fd, clients * answer, f"{name}: round {i} was not answered in full")
         after = cpu_of(srv.pids)
         trips = clients * rounds
         for s in socks:
